@@ -1,0 +1,46 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from quart import Quart
+
+from config import DEFAULT_INSTANCE_PATH, load_settings
+
+from . import errors, hooks, security
+from .api import auth, health, todos
+from .extensions import jwt, mongo, passwords, schema
+from .json_provider import OrjsonProvider
+from .logs import configure_logging
+
+
+async def create_app(
+    config: Mapping[str, Any] | None = None, *, instance_path: Path = DEFAULT_INSTANCE_PATH
+) -> Quart:
+    """Build the app: settings, extensions, blueprints and error handlers.
+
+    It is ``async`` so callers build it inside their event loop, but it
+    creates nothing loop-bound: clients start in ``before_serving``.
+    """
+    app = Quart(__name__, instance_path=str(instance_path), static_folder=None)
+    app.config.update(load_settings(config, instance_path=instance_path))
+    # Errors always become problem+json responses, also under TESTING.
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    app.url_map.strict_slashes = True
+    app.url_map.merge_slashes = False  # no redirects: every unknown path is a 404
+    configure_logging(app)
+
+    schema.init_app(app)
+    app.json = OrjsonProvider(app)  # after quart-schema, which installs its own
+    mongo.init_app(app)
+    passwords.init_app(app)
+    security.init_app(app, jwt)
+    errors.init_app(app)
+
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(auth.blueprint, url_prefix="/api/v1/auth")
+    app.register_blueprint(todos.blueprint, url_prefix="/api/v1/todos")
+    return hooks.init_app(app)

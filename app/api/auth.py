@@ -1,0 +1,86 @@
+"""Accounts and tokens: ``/api/v1/auth``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, Response
+from quart_schema import document_response, tag_blueprint, validate_request
+
+from .. import accounts
+from ..models.auth import (
+    AccountDeletionBody,
+    Credentials,
+    LoginBody,
+    PasswordChangeBody,
+    TokenPair,
+    UserOut,
+    user_json,
+)
+from ..security import TokenClaims, current_user, issue_tokens, require_access, require_refresh
+from ..stores import sessions
+from . import no_content
+
+blueprint = Blueprint("auth", __name__)
+tag_blueprint(blueprint, ["auth"])
+
+
+@blueprint.post("/register")
+@validate_request(Credentials)
+@document_response(UserOut, 201)
+async def register(data: Credentials) -> tuple[dict[str, str], int]:
+    """Create an account."""
+    user = await accounts.register(data.username, data.password)
+    return user_json(user["_id"], user["username"], user["created_at"]), 201
+
+
+@blueprint.post("/login")
+@validate_request(LoginBody)
+@document_response(TokenPair, 200)
+async def login(data: LoginBody) -> dict[str, Any]:
+    """Open a session: an access token and a refresh token."""
+    session = await accounts.log_in(data.username, data.password)
+    return issue_tokens(session["_id"], session["user_id"], session["generation"])
+
+
+@blueprint.post("/refresh")
+@require_refresh
+@document_response(TokenPair, 200)
+async def refresh(claims: TokenClaims) -> dict[str, Any]:
+    """Trade the refresh token for new tokens; the old refresh token stops working."""
+    return issue_tokens(claims.session_id, claims.user_id, claims.generation)
+
+
+@blueprint.post("/logout")
+@require_access
+async def logout() -> Response:
+    """Close this session: its tokens are refused from now on."""
+    await sessions.close(current_user().session_id)
+    return no_content()
+
+
+@blueprint.get("/me")
+@require_access
+@document_response(UserOut, 200)
+async def me() -> dict[str, str]:
+    """The caller's account."""
+    caller = current_user()
+    return user_json(caller.id, caller.username, caller.created_at)
+
+
+@blueprint.post("/password")
+@require_access
+@validate_request(PasswordChangeBody)
+async def change_password(data: PasswordChangeBody) -> Response:
+    """Change the password; every session of the user closes, this one too."""
+    await accounts.change_password(current_user(), data.current_password, data.new_password)
+    return no_content()
+
+
+@blueprint.delete("/me")
+@require_access
+@validate_request(AccountDeletionBody)
+async def delete_me(data: AccountDeletionBody) -> Response:
+    """Delete the account with its todos and sessions."""
+    await accounts.delete_account(current_user(), data.password)
+    return no_content()

@@ -1,0 +1,34 @@
+"""Liveness and readiness probes for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from quart import Blueprint, Response, current_app
+from quart_schema import document_response, tag
+
+from ..extensions import mongo
+from ..models.health import Health, Readiness
+
+blueprint = Blueprint("health", __name__)
+
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
+@blueprint.get("/healthz")
+@tag(["health"])
+@document_response(Health, 200)
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. Touches no database."""
+    return {"status": "ok"}
+
+
+@blueprint.get("/readyz")
+@tag(["health"])
+@document_response(Readiness, 200)
+@document_response(Readiness, 503)
+async def readyz() -> Response:
+    """Readiness: the database answers a ping within 2 s."""
+    ready = await mongo.is_ready(READINESS_TIMEOUT_SECONDS)
+    state = "ok" if ready else "unavailable"
+    response = current_app.json.response({"status": state, "checks": {"mongo": state}})
+    response.status_code = 200 if ready else 503
+    return response

@@ -1,0 +1,174 @@
+"""The MongoDB extension: the only module that knows which async driver runs.
+
+The client is created in ``before_serving`` (it binds to the event loop, so
+it cannot exist at import or factory time) and closed in ``after_serving``.
+Motor is the default driver; ``MONGO_DRIVER=pymongo`` selects PyMongo's
+``AsyncMongoClient``, Motor's successor. Both raise PyMongo's exceptions, so
+the rest of the app needs no driver-specific code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
+from pymongo.errors import ConnectionFailure, PyMongoError
+from quart import Quart, Response, current_app
+
+from .errors import ApiError, handle_unexpected, problem_response
+
+logger = logging.getLogger(__name__)
+
+#: Indexes per collection. ``create_indexes`` is idempotent, so every worker
+#: may run it at start.
+INDEXES: dict[str, list[IndexModel]] = {
+    "users": [IndexModel([("username_key", ASCENDING)], unique=True, name="username_key_unique")],
+    "sessions": [
+        IndexModel([("user_id", ASCENDING)], name="user_id"),
+        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl"),
+    ],
+    "rate_limits": [
+        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
+    ],
+    "todos": [
+        IndexModel(
+            [("owner", ASCENDING), (sort_field, direction), ("_id", direction)],
+            name=f"owner_{sort_field}_{'asc' if direction == ASCENDING else 'desc'}",
+        )
+        for sort_field in ("created_at", "updated_at", "due_key")
+        for direction in (ASCENDING, DESCENDING)
+    ]
+    + [IndexModel([("owner", ASCENDING), ("tags", ASCENDING)], name="owner_tags")],
+}
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True when a driver error means "the database cannot be reached now"."""
+    return isinstance(error, ConnectionFailure) or (
+        isinstance(error, PyMongoError) and error.timeout
+    )
+
+
+@dataclass
+class _Connection:
+    """Per-app state: each app (one per test) has its own client."""
+
+    client: Any = None
+    database: Any = None
+    indexes_ready: bool = False
+    index_task: asyncio.Task[None] | None = None
+
+
+class Mongo:
+    """``init_app`` binds it; ``mongo.db`` is the current app's database."""
+
+    def init_app(self, app: Quart) -> None:
+        app.extensions["mongo"] = _Connection()
+        app.before_serving(self._connect)
+        app.after_serving(self._disconnect)
+        app.register_error_handler(PyMongoError, self._handle_driver_error)
+
+    @staticmethod
+    def _state() -> _Connection:
+        state: _Connection = current_app.extensions["mongo"]
+        return state
+
+    @property
+    def db(self) -> Any:
+        """The database of the app serving this request."""
+        database = self._state().database
+        if database is None:
+            raise RuntimeError("the database client starts in before_serving")
+        return database
+
+    async def _connect(self) -> None:
+        config = current_app.config
+        if not config["MONGO_URI"]:
+            raise RuntimeError(
+                "MONGO_URI is not set. Start the server with `make run` or "
+                "`hypercorn --config file:hypercorn_conf.py asgi:app`, which start "
+                "the embedded database, or point MONGO_URI at MongoDB."
+            )
+        options: dict[str, Any] = {
+            "serverSelectionTimeoutMS": config["MONGO_SERVER_SELECTION_TIMEOUT_MS"],
+            "timeoutMS": config["MONGO_OPERATION_TIMEOUT_MS"],
+            "tz_aware": True,
+            "appname": "todo-api",
+        }
+        if config["MONGO_DRIVER"] == "pymongo":
+            from pymongo import AsyncMongoClient
+
+            client: Any = AsyncMongoClient(config["MONGO_URI"], **options)
+        else:
+            from motor.motor_asyncio import AsyncIOMotorClient
+
+            client = AsyncIOMotorClient(config["MONGO_URI"], **options)
+        state = self._state()
+        state.client = client
+        # A 201 must mean the write survives a crash: journaled writes.
+        state.database = client.get_database(
+            config["MONGO_DB"], write_concern=WriteConcern(w=1, j=True)
+        )
+        try:
+            await self._ensure_indexes(state)
+        except PyMongoError as error:
+            # Serve anyway: requests answer 503 while the database is away and
+            # /readyz stays "unavailable" until the indexes exist.
+            logger.error("database unreachable at start (%s); retrying", type(error).__name__)
+            state.index_task = asyncio.create_task(self._ensure_indexes_until_done(state))
+
+    @staticmethod
+    async def _ensure_indexes(state: _Connection) -> None:
+        await asyncio.gather(
+            *(state.database[name].create_indexes(models) for name, models in INDEXES.items())
+        )
+        state.indexes_ready = True
+
+    async def _ensure_indexes_until_done(self, state: _Connection) -> None:
+        while not state.indexes_ready:
+            await asyncio.sleep(1)
+            try:
+                await self._ensure_indexes(state)
+            except PyMongoError:
+                continue
+        logger.info("database reachable again; indexes ensured")
+
+    async def _disconnect(self) -> None:
+        state = self._state()
+        if state.index_task is not None:
+            state.index_task.cancel()
+        if state.client is None:
+            return
+        result = state.client.close()
+        if asyncio.iscoroutine(result):  # PyMongo's async close is a coroutine
+            await result
+        state.client = state.database = None
+        logger.info("database client closed")
+
+    async def is_ready(self, timeout: float) -> bool:
+        """True when a ping answers within ``timeout`` seconds and indexes exist."""
+        state = self._state()
+        if state.database is None or not state.indexes_ready:
+            return False
+        try:
+            await asyncio.wait_for(state.database.command("ping"), timeout)
+        except (PyMongoError, asyncio.TimeoutError):
+            return False
+        return True
+
+    @staticmethod
+    async def _handle_driver_error(error: PyMongoError) -> Response:
+        if is_unavailable(error):
+            logger.warning("database unavailable: %s", type(error).__name__)
+            return problem_response(
+                ApiError(
+                    503,
+                    "service_unavailable",
+                    "The database is unavailable; try again shortly.",
+                    headers={"Retry-After": "1"},
+                )
+            )
+        return await handle_unexpected(error)

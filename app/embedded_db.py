@@ -1,0 +1,100 @@
+"""The embedded development database: SecantusDB run as a child process.
+
+SecantusDB speaks MongoDB's wire protocol; the app reaches it over a socket
+exactly as it reaches MongoDB in production and never imports it. One server
+serves every worker: the hypercorn master (see ``hypercorn_conf.py``) or the
+test session starts it, and stops it when they end.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SERVER_PROGRAM = "secantusd-py"
+STOP_GRACE_SECONDS = 5.0
+START_TIMEOUT_SECONDS = 30.0
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to SIGTERM the server when its parent dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    os.setpgrp()  # keep the terminal's Ctrl-C away: the parent stops us in order
+
+
+class EmbeddedDatabase:
+    """Start, wait for and stop one SecantusDB server."""
+
+    def __init__(self, storage_path: str, port: int | None = None) -> None:
+        self.storage_path = storage_path
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        # retryWrites=false: with retryable writes on, SecantusDB slows tenfold.
+        return f"mongodb://127.0.0.1:{self.port}/?retryWrites=false&directConnection=true"
+
+    def start(self) -> str:
+        """Start the server, wait until it answers, and return its URI."""
+        program = shutil.which(SERVER_PROGRAM) or str(Path(sys.executable).parent / SERVER_PROGRAM)
+        if self.storage_path != ":memory:":
+            Path(self.storage_path).mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                program,
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+                "--storage-path", self.storage_path,
+                "--log-level", "WARNING",
+            ],
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        self._wait_until_listening()
+        return self.uri
+
+    def _wait_until_listening(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{SERVER_PROGRAM} exited with status {self.process.returncode} "
+                    f"(is another server using {self.storage_path}?)"
+                )
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{SERVER_PROGRAM} did not listen within {START_TIMEOUT_SECONDS} s")
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then SIGKILL: it was once seen ignoring SIGTERM."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

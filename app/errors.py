@@ -1,0 +1,152 @@
+"""Problem details (RFC 9457): the project's one exception type and its one renderer.
+
+Code anywhere raises ``ApiError``; framework, schema and driver errors are
+translated into it here, so every error a client sees has the same shape,
+a stable ``code`` and the request id, and nothing internal leaks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from pydantic import ValidationError
+from quart import Quart, Response, current_app, g, request
+from quart_schema import RequestSchemaValidationError
+from quart_schema.validation import QuerystringValidationError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+#: The code each plain HTTP status maps to when nothing more specific applies.
+CODE_BY_STATUS = {
+    400: "malformed_json",
+    401: "token_missing",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    412: "version_conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_failed",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "service_unavailable",
+}
+
+VALIDATION_DETAIL = "The request is well-formed but not valid."
+
+Location = Sequence[str | int]
+
+
+class ApiError(Exception):
+    """An error a client is meant to see, rendered as problem+json."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str | None = None,
+        detail: str | None = None,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or code)
+        self.status = status
+        self.code = code or CODE_BY_STATUS.get(status, "error")
+        self.detail = detail or HTTPStatus(status).description
+        self.errors = errors
+        self.headers = dict(headers or {})
+
+
+def validation_error(loc: Location, msg: str) -> ApiError:
+    """A 422 about one place in the request, e.g. ``("query", "cursor")``."""
+    return ApiError(422, "validation_failed", VALIDATION_DETAIL, errors=[{"loc": list(loc), "msg": msg}])
+
+
+def unauthorized(code: str, detail: str) -> ApiError:
+    """A 401 with the ``WWW-Authenticate`` challenge every 401 must carry."""
+    return ApiError(
+        401, code, detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    )
+
+
+def problem_response(error: ApiError) -> Response:
+    """Render an ``ApiError``: the only place a problem body is built."""
+    body: dict[str, Any] = {
+        "type": current_app.config["PROBLEM_TYPE_BASE"] + error.code,
+        "title": HTTPStatus(error.status).phrase,
+        "status": error.status,
+        "detail": error.detail,
+        "code": error.code,
+        "request_id": g.get("request_id", ""),
+    }
+    if error.errors is not None:
+        body["errors"] = error.errors
+    response = current_app.json.response(body)
+    response.status_code = error.status
+    response.content_type = PROBLEM_CONTENT_TYPE
+    response.headers.update(error.headers)
+    return response
+
+
+def _errors_from_pydantic(error: ValidationError, source: str) -> list[dict[str, Any]]:
+    """Turn pydantic's error list into ``[{"loc": [...], "msg": ...}]``.
+
+    ``input`` and ``ctx`` are dropped: they echo client data and internals.
+    """
+    return [
+        {"loc": [source, *(str(part) for part in item["loc"])], "msg": item["msg"]}
+        for item in error.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+async def _handle_api_error(error: ApiError) -> Response:
+    return problem_response(error)
+
+
+async def _handle_schema_error(error: RequestSchemaValidationError) -> Response:
+    source = "query" if isinstance(error, QuerystringValidationError) else "body"
+    cause = error.validation_error
+    if isinstance(cause, ValidationError):
+        errors = _errors_from_pydantic(cause, source)
+    else:
+        errors = [{"loc": [source], "msg": "Invalid input."}]
+    return problem_response(ApiError(422, "validation_failed", VALIDATION_DETAIL, errors=errors))
+
+
+async def _handle_http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    headers: dict[str, str] = {}
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        headers["Allow"] = ", ".join(sorted(error.valid_methods))
+    if status == 400:
+        detail = "The request body is not valid JSON."
+    else:
+        detail = HTTPStatus(status).description
+    return problem_response(
+        ApiError(status, CODE_BY_STATUS.get(status, "error"), detail, headers=headers)
+    )
+
+
+async def handle_unexpected(error: Exception) -> Response:
+    logger.error(
+        "unhandled error on %s %s (request_id=%s)",
+        request.method,
+        request.path,
+        g.get("request_id", ""),
+        exc_info=error,
+    )
+    return problem_response(ApiError(500, "internal_error", "An unexpected error occurred."))
+
+
+def init_app(app: Quart) -> None:
+    """Register the handlers: every error in the app ends in ``problem_response``."""
+    app.register_error_handler(ApiError, _handle_api_error)
+    app.register_error_handler(RequestSchemaValidationError, _handle_schema_error)
+    app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -1,0 +1,84 @@
+"""Schemas of the accounts and tokens endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from bson import ObjectId
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..clock import format_timestamp
+
+Username = Annotated[
+    str,
+    Field(
+        min_length=3,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="3 to 32 characters of A-Za-z0-9_.-; unique without regard to case.",
+        examples=["alice"],
+    ),
+]
+NewPassword = Annotated[
+    str,
+    Field(
+        min_length=8,
+        max_length=128,
+        description="8 to 128 characters (Unicode code points); not the username.",
+        examples=["correct horse battery staple"],
+    ),
+]
+# Login and re-authentication check only the shape; a wrong value is a 401.
+GivenUsername = Annotated[str, Field(max_length=256)]
+GivenPassword = Annotated[str, Field(max_length=1024)]
+
+
+class StrictBody(BaseModel):
+    """Request bodies: exact JSON types, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Credentials(StrictBody):
+    username: Username
+    password: NewPassword
+
+    @model_validator(mode="after")
+    def password_is_not_username(self) -> Credentials:
+        if self.password.lower() == self.username.lower():
+            raise ValueError("the password must not equal the username")
+        return self
+
+
+class LoginBody(StrictBody):
+    username: GivenUsername
+    password: GivenPassword
+
+
+class PasswordChangeBody(StrictBody):
+    current_password: GivenPassword
+    new_password: NewPassword
+
+
+class AccountDeletionBody(StrictBody):
+    password: GivenPassword
+
+
+class UserOut(BaseModel):
+    id: str = Field(pattern=r"^[0-9a-f]{24}$")
+    username: str
+    created_at: str = Field(description="RFC 3339, UTC, milliseconds")
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int = Field(description="Lifetime of the access token in seconds")
+
+
+def user_json(user_id: ObjectId, username: str, created_at: datetime) -> dict[str, str]:
+    """The public view of an account."""
+    return {"id": str(user_id), "username": username, "created_at": format_timestamp(created_at)}

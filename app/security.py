@@ -1,0 +1,180 @@
+"""Tokens, sessions and the decorators that protect routes.
+
+Quart-JWT-Extended signs and verifies the tokens. Its revocation and
+user-loader hooks cannot be async, so the session check (is the session
+still open?) happens here, in the project's own async decorators, right after
+the library has verified the token. Every token failure becomes a 401 with its
+own ``code``; no decoder text reaches a client.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import jwt as pyjwt
+from bson import ObjectId
+from quart import Quart, current_app, g, request
+from quart_jwt_extended import (
+    JWTManager,
+    create_access_token,
+    create_refresh_token,
+    decode_token,
+)
+from quart_jwt_extended.exceptions import WrongTokenError
+from quart_jwt_extended.utils import verify_token_type
+from quart_schema import security_scheme
+
+from .errors import ApiError, problem_response, unauthorized
+from .stores import sessions
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+BEARER = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
+BEARER_SECURITY = [{"bearer": []}]
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    """Who is calling, known from the session check alone (no extra query)."""
+
+    id: ObjectId
+    username: str
+    created_at: datetime
+    session_id: ObjectId
+
+
+def current_user() -> CurrentUser:
+    """The caller of a route protected by ``require_access``."""
+    user: CurrentUser = g.current_user
+    return user
+
+
+def access_lifetime() -> timedelta:
+    return timedelta(seconds=current_app.config["JWT_ACCESS_TOKEN_EXPIRES"])
+
+
+def refresh_lifetime() -> timedelta:
+    return timedelta(seconds=current_app.config["JWT_REFRESH_TOKEN_EXPIRES"])
+
+
+def issue_tokens(session_id: ObjectId, user_id: ObjectId, generation: int) -> dict[str, Any]:
+    """The login/refresh response body for a session's current generation."""
+    identity = str(user_id)
+    return {
+        "access_token": create_access_token(identity, user_claims={"sid": str(session_id)}),
+        "refresh_token": create_refresh_token(
+            identity, user_claims={"sid": str(session_id), "gen": generation}
+        ),
+        "token_type": "Bearer",
+        "expires_in": current_app.config["JWT_ACCESS_TOKEN_EXPIRES"],
+    }
+
+
+def _bearer_token() -> str:
+    match = BEARER.fullmatch(request.headers.get("Authorization", ""))
+    if match is None:
+        raise unauthorized("token_missing", "Send a token as 'Authorization: Bearer <token>'.")
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: ObjectId
+    session_id: ObjectId
+    generation: int  # the refresh token's place in its session; 0 for access tokens
+
+
+def _verified_claims(expected_type: str) -> TokenClaims:
+    """Verify the request's token with Quart-JWT-Extended; map each failure to a code."""
+    token = _bearer_token()
+    try:
+        claims = decode_token(token)
+        verify_token_type(claims, expected_type)
+        session_claims = claims[current_app.config["JWT_USER_CLAIMS"]]
+        return TokenClaims(
+            user_id=ObjectId(claims[current_app.config["JWT_IDENTITY_CLAIM"]]),
+            session_id=ObjectId(session_claims["sid"]),
+            generation=int(session_claims["gen"]) if expected_type == "refresh" else 0,
+        )
+    except pyjwt.ExpiredSignatureError:
+        raise unauthorized("token_expired", "The token has expired.") from None
+    except WrongTokenError:
+        raise unauthorized(
+            "token_wrong_type", f"This endpoint takes a {expected_type} token."
+        ) from None
+    except Exception:  # any other failure: unreadable, tampered, wrong key or algorithm
+        raise unauthorized("token_invalid", "The token is invalid.") from None
+
+
+def _session_revoked() -> ApiError:
+    return unauthorized("token_revoked", "The session has ended; log in again.")
+
+
+def require_access(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Let the request through with a valid access token of an open session."""
+
+    @security_scheme(BEARER_SECURITY)
+    @wraps(view)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        claims = _verified_claims("access")
+        session = await sessions.find_open(claims.session_id)
+        if session is None:
+            raise _session_revoked()
+        g.current_user = CurrentUser(
+            session["user_id"], session["username"], session["user_created_at"], session["_id"]
+        )
+        return await view(*args, **kwargs)
+
+    return wrapper
+
+
+def require_refresh(view: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Rotate the caller's session to its next refresh token; pass the claims on.
+
+    The view gets ``claims`` whose ``generation`` is the new one. A refresh
+    token that is not the session's current one closes the session.
+    """
+
+    @security_scheme(BEARER_SECURITY)
+    @wraps(view)
+    async def wrapper(*args: Any, **kwargs: Any) -> R:
+        claims = _verified_claims("refresh")
+        generation = await sessions.rotate(claims.session_id, claims.generation, refresh_lifetime())
+        if generation is None:
+            raise _session_revoked()
+        rotated = TokenClaims(claims.user_id, claims.session_id, generation)
+        return await view(*args, claims=rotated, **kwargs)
+
+    return wrapper
+
+
+def init_app(app: Quart, jwt: JWTManager) -> None:
+    """Bind Quart-JWT-Extended and route every one of its error loaders to problem+json.
+
+    The decorators above raise before the library's handlers could run; the
+    loaders are overridden anyway so no default 422 with decoder text remains.
+    """
+    app.config["JWT_ACCESS_TOKEN_EXPIRES"] = int(app.config["JWT_ACCESS_TOKEN_EXPIRES"])
+    app.config["JWT_REFRESH_TOKEN_EXPIRES"] = int(app.config["JWT_REFRESH_TOKEN_EXPIRES"])
+    jwt.init_app(app)
+
+    def invalid(*_: Any) -> Any:
+        return problem_response(unauthorized("token_invalid", "The token is invalid."))
+
+    jwt.expired_token_loader(
+        lambda *_: problem_response(unauthorized("token_expired", "The token has expired."))
+    )
+    jwt.invalid_token_loader(invalid)
+    jwt.unauthorized_loader(
+        lambda *_: problem_response(unauthorized("token_missing", "A bearer token is required."))
+    )
+    jwt.needs_fresh_token_loader(invalid)
+    jwt.revoked_token_loader(lambda *_: problem_response(_session_revoked()))  # type: ignore[arg-type]
+    jwt.user_loader_error_loader(invalid)
+    jwt.claims_verification_failed_loader(invalid)

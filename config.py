@@ -1,0 +1,172 @@
+"""Configuration classes and the one function that layers them.
+
+Settings come, lowest precedence first, from:
+
+1. the class picked by ``APP_ENV`` (``development`` by default),
+2. ``instance/config.py`` (the Flask-style instance folder, git-ignored),
+3. environment variables with the same name as the setting,
+4. the mapping passed to ``create_app(config=...)``.
+
+``load_settings`` does the layering without building an app, so the hypercorn
+config file can refuse a bad production setup before any worker starts.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+DEFAULT_INSTANCE_PATH = PROJECT_ROOT / "instance"
+
+#: Secrets shipped in this repository for development and tests: production
+#: refuses every one of them.
+DEVELOPMENT_SECRETS = frozenset(
+    {
+        "dev-secret-key-change-me-0123456789abcdef",
+        "test-secret-key-never-use-in-production-0123",
+    }
+)
+MIN_SECRET_BYTES = 32
+
+
+class BaseConfig:
+    """Defaults shared by every environment. Every name here is a setting."""
+
+    APP_ENV = "development"
+    # Database. No MONGO_URI means: use the embedded SecantusDB (dev/test only).
+    MONGO_URI: str | None = None
+    MONGO_DB = "todos"
+    MONGO_DRIVER = "motor"  # or "pymongo" (AsyncMongoClient, Motor's successor)
+    MONGO_SERVER_SELECTION_TIMEOUT_MS = 2000
+    MONGO_OPERATION_TIMEOUT_MS = 2500
+    EMBEDDED_DB_PATH = ""  # default: <instance>/secantus-data
+    # Tokens and sessions.
+    JWT_SECRET_KEY: str | None = None
+    JWT_IDENTITY_CLAIM = "sub"
+    JWT_ACCESS_TOKEN_EXPIRES = 900  # seconds
+    JWT_REFRESH_TOKEN_EXPIRES = 30 * 24 * 3600  # seconds
+    # Password hashing (argon2id).
+    ARGON2_TIME_COST = 3
+    ARGON2_MEMORY_COST = 65536  # KiB
+    ARGON2_PARALLELISM = 4
+    # Rate limits (counted in MongoDB, shared by every worker).
+    LOGIN_FAILURES_PER_USERNAME = 10
+    LOGIN_FAILURES_PER_ADDRESS = 100
+    LOGIN_FAILURE_WINDOW_SECONDS = 900
+    REGISTRATIONS_PER_ADDRESS = 20
+    REGISTRATION_WINDOW_SECONDS = 3600
+    TRUSTED_PROXY_COUNT = 0
+    # HTTP.
+    MAX_CONTENT_LENGTH = 65536
+    CORS_ORIGINS = ""  # comma-separated origins; empty: no CORS headers
+    PROBLEM_TYPE_BASE = "https://todo-api.example.com/problems/"
+    # Logging.
+    LOG_LEVEL = "INFO"
+    LOG_FORMAT = "text"  # or "json"
+
+
+class DevelopmentConfig(BaseConfig):
+    APP_ENV = "development"
+    JWT_SECRET_KEY = "dev-secret-key-change-me-0123456789abcdef"
+    LOG_LEVEL = "DEBUG"
+
+
+class TestingConfig(BaseConfig):
+    APP_ENV = "testing"
+    TESTING = True
+    JWT_SECRET_KEY = "test-secret-key-never-use-in-production-0123"
+    # Cheap hashes keep the suite fast; production keeps the slow defaults.
+    ARGON2_TIME_COST = 1
+    ARGON2_MEMORY_COST = 8
+    ARGON2_PARALLELISM = 1
+    LOG_LEVEL = "WARNING"
+
+
+class ProductionConfig(BaseConfig):
+    APP_ENV = "production"
+    LOG_FORMAT = "json"
+
+
+CONFIG_CLASSES: dict[str, type[BaseConfig]] = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}
+
+
+class ConfigError(Exception):
+    """A setting is missing or unsafe; the message names it."""
+
+
+def _settings_of(source: object) -> dict[str, Any]:
+    return {key: getattr(source, key) for key in dir(source) if key.isupper()}
+
+
+def _coerce(raw: str, default: Any) -> Any:
+    """Give an environment string the type of the setting's default."""
+    if isinstance(default, bool):
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"expected a boolean, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"expected an integer, got {raw!r}") from None
+    return raw
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    instance_path: Path = DEFAULT_INSTANCE_PATH,
+) -> dict[str, Any]:
+    """Return the effective settings, layered as the module docstring says."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    app_env = overrides.get("APP_ENV") or environ.get("APP_ENV") or "development"
+    if app_env not in CONFIG_CLASSES:
+        raise ConfigError(f"APP_ENV must be one of {sorted(CONFIG_CLASSES)}, got {app_env!r}")
+    settings = _settings_of(CONFIG_CLASSES[app_env])
+
+    instance_file = instance_path / "config.py"
+    if instance_file.is_file():
+        namespace = runpy.run_path(str(instance_file))
+        settings.update({k: v for k, v in namespace.items() if k.isupper()})
+
+    for key, default in list(settings.items()):
+        if key in environ and key != "APP_ENV":
+            try:
+                settings[key] = _coerce(environ[key], default)
+            except ConfigError as error:
+                raise ConfigError(f"{key}: {error}") from None
+
+    settings.update(overrides)
+    settings["APP_ENV"] = app_env
+    if not settings["EMBEDDED_DB_PATH"]:
+        settings["EMBEDDED_DB_PATH"] = str(instance_path / "secantus-data")
+    if settings["MONGO_DRIVER"] not in {"motor", "pymongo"}:
+        raise ConfigError("MONGO_DRIVER must be 'motor' or 'pymongo'")
+    return settings
+
+
+def check_production_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse settings that must never reach production; raise ConfigError naming them."""
+    if settings["APP_ENV"] != "production":
+        return
+    if not settings.get("MONGO_URI"):
+        raise ConfigError("MONGO_URI is required in production (no embedded database there)")
+    secret = settings.get("JWT_SECRET_KEY") or ""
+    if not secret:
+        raise ConfigError("JWT_SECRET_KEY is required in production")
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes")
+    if secret in DEVELOPMENT_SECRETS:
+        raise ConfigError("JWT_SECRET_KEY is a development value; generate a new secret")
