@@ -71,14 +71,14 @@ class BaseConfig:
 
 class DevelopmentConfig(BaseConfig):
     APP_ENV = "development"
-    JWT_SECRET_KEY = "dev-secret-key-change-me-0123456789abcdef"
+    JWT_SECRET_KEY = "dev-secret-key-change-me-0123456789abcdef"  # noqa: S105 (refused in production)
     LOG_LEVEL = "DEBUG"
 
 
 class TestingConfig(BaseConfig):
     APP_ENV = "testing"
     TESTING = True
-    JWT_SECRET_KEY = "test-secret-key-never-use-in-production-0123"
+    JWT_SECRET_KEY = "test-secret-key-never-use-in-production-0123"  # noqa: S105
     # Cheap hashes keep the suite fast; production keeps the slow defaults.
     ARGON2_TIME_COST = 1
     ARGON2_MEMORY_COST = 8

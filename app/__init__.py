@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from quart import Quart
 
-from config import DEFAULT_INSTANCE_PATH, load_settings
+from config import DEFAULT_INSTANCE_PATH, ConfigError, check_production_settings, load_settings
 
 from . import errors, hooks, security
 from .api import auth, health, todos
 from .extensions import jwt, mongo, passwords, schema
 from .json_provider import OrjsonProvider
 from .logs import configure_logging
+
+logger = logging.getLogger(__name__)
 
 
 async def create_app(
@@ -32,6 +35,11 @@ async def create_app(
     app.url_map.strict_slashes = True
     app.url_map.merge_slashes = False  # no redirects: every unknown path is a 404
     configure_logging(app)
+    try:
+        check_production_settings(app.config)
+    except ConfigError as error:
+        logger.critical("refusing to start: %s", error)
+        raise
 
     schema.init_app(app)
     app.json = OrjsonProvider(app)  # after quart-schema, which installs its own

@@ -9,9 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
-)
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 def truncate_ms(moment: datetime) -> datetime:
@@ -24,7 +22,9 @@ def utcnow() -> datetime:
 
 def format_timestamp(moment: datetime) -> str:
     """``2026-11-23T18:24:17.123Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
 
 
 def parse_timestamp(text: str) -> datetime:

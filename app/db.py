@@ -148,14 +148,15 @@ class Mongo:
         state.client = state.database = None
         logger.info("database client closed")
 
-    async def is_ready(self, timeout: float) -> bool:
-        """True when a ping answers within ``timeout`` seconds and indexes exist."""
+    async def is_ready(self, within_seconds: float) -> bool:
+        """True when indexes exist and a ping answers within ``within_seconds``."""
         state = self._state()
         if state.database is None or not state.indexes_ready:
             return False
         try:
-            await asyncio.wait_for(state.database.command("ping"), timeout)
-        except (PyMongoError, asyncio.TimeoutError):
+            async with asyncio.timeout(within_seconds):
+                await state.database.command("ping")
+        except (TimeoutError, PyMongoError):
             return False
         return True
 

@@ -60,10 +60,14 @@ class EmbeddedDatabase:
         self.process = subprocess.Popen(
             [
                 program,
-                "--host", "127.0.0.1",
-                "--port", str(self.port),
-                "--storage-path", self.storage_path,
-                "--log-level", "WARNING",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--storage-path",
+                self.storage_path,
+                "--log-level",
+                "WARNING",
             ],
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,

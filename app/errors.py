@@ -18,6 +18,8 @@ from quart_schema import RequestSchemaValidationError
 from quart_schema.validation import QuerystringValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from .json_provider import json_response
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -65,14 +67,14 @@ class ApiError(Exception):
 
 def validation_error(loc: Location, msg: str) -> ApiError:
     """A 422 about one place in the request, e.g. ``("query", "cursor")``."""
-    return ApiError(422, "validation_failed", VALIDATION_DETAIL, errors=[{"loc": list(loc), "msg": msg}])
+    return ApiError(
+        422, "validation_failed", VALIDATION_DETAIL, errors=[{"loc": list(loc), "msg": msg}]
+    )
 
 
 def unauthorized(code: str, detail: str) -> ApiError:
     """A 401 with the ``WWW-Authenticate`` challenge every 401 must carry."""
-    return ApiError(
-        401, code, detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-    )
+    return ApiError(401, code, detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
 def problem_response(error: ApiError) -> Response:
@@ -87,9 +89,7 @@ def problem_response(error: ApiError) -> Response:
     }
     if error.errors is not None:
         body["errors"] = error.errors
-    response = current_app.json.response(body)
-    response.status_code = error.status
-    response.content_type = PROBLEM_CONTENT_TYPE
+    response = json_response(body, error.status, PROBLEM_CONTENT_TYPE)
     response.headers.update(error.headers)
     return response
 

@@ -88,7 +88,13 @@ def init_app(app: Quart) -> Quart:
         app = cors(
             app,
             allow_origin=origins,
-            allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", "X-Request-ID"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "If-Match",
+                "If-None-Match",
+                "X-Request-ID",
+            ],
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             expose_headers=EXPOSED_HEADERS,
             max_age=600,

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel
+from quart import Response, current_app
 from quart.json.provider import DefaultJSONProvider
 
 
@@ -23,3 +24,11 @@ class OrjsonProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return orjson.loads(s)
+
+
+def json_response(body: Any, status: int = 200, content_type: str = "application/json") -> Response:
+    """A response whose body is ``body`` as JSON, with an explicit status and type."""
+    response: Response = current_app.response_class(
+        current_app.json.dumps(body), status=status, content_type=content_type
+    )
+    return response

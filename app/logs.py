@@ -23,24 +23,25 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update(
-            {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRIBUTES}
-        )
+        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRIBUTES})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(app: Quart) -> None:
-    """Send the ``app`` package's logs to stdout in the configured format."""
+def build_handler(log_format: str) -> logging.Handler:
+    """A stdout handler writing ``json`` or readable ``text`` lines."""
     handler = logging.StreamHandler(sys.stdout)
-    if app.config["LOG_FORMAT"] == "json":
+    if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+def configure_logging(app: Quart) -> None:
+    """Send the ``app`` package's logs to stdout in the configured format."""
     package_logger = logging.getLogger("app")
-    package_logger.handlers[:] = [handler]
+    package_logger.handlers[:] = [build_handler(app.config["LOG_FORMAT"])]
     package_logger.setLevel(app.config["LOG_LEVEL"].upper())
     package_logger.propagate = False

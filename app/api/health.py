@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from quart import Blueprint, Response, current_app
+from quart import Blueprint, Response
 from quart_schema import document_response, tag
 
 from ..extensions import mongo
+from ..json_provider import json_response
 from ..models.health import Health, Readiness
 
 blueprint = Blueprint("health", __name__)
@@ -29,6 +30,4 @@ async def readyz() -> Response:
     """Readiness: the database answers a ping within 2 s."""
     ready = await mongo.is_ready(READINESS_TIMEOUT_SECONDS)
     state = "ok" if ready else "unavailable"
-    response = current_app.json.response({"status": state, "checks": {"mongo": state}})
-    response.status_code = 200 if ready else 503
-    return response
+    return json_response({"status": state, "checks": {"mongo": state}}, 200 if ready else 503)

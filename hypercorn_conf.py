@@ -1,0 +1,31 @@
+"""Hypercorn settings for the container and ``make run``.
+
+Loading this file (``hypercorn --config file:hypercorn_conf.py asgi:app``)
+runs in hypercorn's master process before any worker starts: it refuses an
+unsafe production setup with a non-zero exit, and starts the embedded
+database when no MONGO_URI is set (development only). Command-line flags
+(``--bind``, ``--workers``) override the values below.
+"""
+
+import os
+import sys
+
+# Hypercorn's entry script does not put the project on sys.path before this
+# file runs (it does for the app, later).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from app.serving import prepare_to_serve  # noqa: E402
+
+prepare_to_serve()
+
+bind = [os.environ.get("BIND", "0.0.0.0:8000")]
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "uvloop"
+# The app writes its own access log line (with the request id); hypercorn's is off.
+accesslog = None
+errorlog = "-"
+# Longer than a load balancer's idle timeout (60 s on most), so the balancer
+# closes idle connections first and never sends on a socket we just closed.
+keep_alive_timeout = 75
+# In-flight requests get this long after SIGTERM; under Docker's 10 s stop timeout.
+graceful_timeout = 8

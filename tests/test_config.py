@@ -1,0 +1,72 @@
+"""Settings are layered class < instance/config.py < environment < create_app(config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, check_production_settings, load_settings
+
+STRONG_SECRET = "k" * 40
+
+
+def test_development_is_the_default(tmp_path: Path) -> None:
+    settings = load_settings(environ={}, instance_path=tmp_path)
+    assert settings["APP_ENV"] == "development"
+    assert settings["MONGO_URI"] is None
+    assert settings["EMBEDDED_DB_PATH"] == str(tmp_path / "secantus-data")
+
+
+def test_layers_override_in_order(tmp_path: Path) -> None:
+    (tmp_path / "config.py").write_text("LOG_LEVEL = 'ERROR'\nMONGO_DB = 'from_instance'\n")
+    environ = {"APP_ENV": "testing", "MONGO_DB": "from_env", "LOGIN_FAILURES_PER_USERNAME": "3"}
+    settings = load_settings({"MONGO_DB": "from_argument"}, environ=environ, instance_path=tmp_path)
+    assert settings["APP_ENV"] == "testing"
+    assert settings["LOG_LEVEL"] == "ERROR"  # instance beats the class
+    assert settings["MONGO_DB"] == "from_argument"  # argument beats env beats instance
+    assert settings["LOGIN_FAILURES_PER_USERNAME"] == 3  # env strings get the setting's type
+
+
+def test_bad_values_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="LOGIN_FAILURES_PER_USERNAME"):
+        load_settings(environ={"LOGIN_FAILURES_PER_USERNAME": "ten"}, instance_path=tmp_path)
+    with pytest.raises(ConfigError, match="APP_ENV"):
+        load_settings(environ={"APP_ENV": "staging"}, instance_path=tmp_path)
+    with pytest.raises(ConfigError, match="MONGO_DRIVER"):
+        load_settings(environ={"MONGO_DRIVER": "nx"}, instance_path=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"JWT_SECRET_KEY": STRONG_SECRET}, "MONGO_URI"),
+        ({"MONGO_URI": "mongodb://db"}, "JWT_SECRET_KEY is required"),
+        ({"MONGO_URI": "mongodb://db", "JWT_SECRET_KEY": "short"}, "at least 32 bytes"),
+        (
+            {
+                "MONGO_URI": "mongodb://db",
+                "JWT_SECRET_KEY": "dev-secret-key-change-me-0123456789abcdef",
+            },
+            "development value",
+        ),
+    ],
+)
+def test_production_refuses_unsafe_settings(
+    tmp_path: Path, environ: dict[str, str], named: str
+) -> None:
+    settings = load_settings(environ={"APP_ENV": "production", **environ}, instance_path=tmp_path)
+    with pytest.raises(ConfigError, match=named):
+        check_production_settings(settings)
+
+
+def test_production_accepts_safe_settings(tmp_path: Path) -> None:
+    environ = {
+        "APP_ENV": "production",
+        "MONGO_URI": "mongodb://db",
+        "JWT_SECRET_KEY": STRONG_SECRET,
+    }
+    settings = load_settings(environ=environ, instance_path=tmp_path)
+    check_production_settings(settings)
+    assert settings["LOG_FORMAT"] == "json"
+    assert settings["ARGON2_TIME_COST"] >= 3

@@ -1,0 +1,190 @@
+"""The real server, started the way the container starts it.
+
+These tests run hypercorn as a subprocess with the project's config file,
+so they check what unit tests cannot: worker processes, the pre-flight
+refusal, the embedded database's lifecycle and a clean SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.embedded_db import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+HYPERCORN = str(Path(sys.executable).parent / "hypercorn")
+STRONG_SECRET = "s" * 48
+
+pytestmark = pytest.mark.slow
+
+
+def hypercorn(port: int, env: dict[str, str], workers: int = 2) -> subprocess.Popen[bytes]:
+    """The Dockerfile's command, on a loopback port."""
+    return subprocess.Popen(
+        [
+            HYPERCORN,
+            "--config",
+            "file:hypercorn_conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "asgi:app",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"} if data else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def wait_ready(port: int, server: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
+        try:
+            if call(port, "GET", "/readyz")[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not become ready")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            children = (
+                (task / "children").read_text().split() if (task / "children").exists() else []
+            )
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    pending.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+def all_gone(pids: set[int], seconds: float = 5) -> bool:
+    """True once none of ``pids`` lives (helpers like multiprocessing's tracker exit last)."""
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def stop(server: subprocess.Popen[bytes]) -> str:
+    """SIGTERM, wait for a clean exit, return the output."""
+    server.send_signal(signal.SIGTERM)
+    output, _ = server.communicate(timeout=20)
+    return output.decode()
+
+
+@pytest.fixture
+def server_env(database_uri: str) -> Iterator[dict[str, str]]:
+    yield {
+        "APP_ENV": "testing",
+        "LOG_LEVEL": "INFO",
+        "MONGO_URI": database_uri,
+        "MONGO_DB": f"test_{uuid.uuid4().hex[:16]}",
+    }
+
+
+def test_two_workers_serve_and_stop_cleanly_on_sigterm(server_env: dict[str, str]) -> None:
+    port = free_port()
+    server = hypercorn(port, server_env, workers=2)
+    try:
+        wait_ready(port, server)
+        workers = descendants(server.pid)
+        assert len(workers) >= 2
+        status, body = call(port, "GET", "/healthz")
+        assert (status, body) == (200, {"status": "ok"})
+    finally:
+        output = stop(server)
+    assert server.returncode == 0, output
+    assert "GET /healthz 200" in output  # the app's access log line
+    assert output.count("database client closed") == 2  # each worker's after_serving
+    assert all_gone(workers)
+
+
+def test_production_without_mongo_uri_refuses_to_start() -> None:
+    env = {"APP_ENV": "production", "JWT_SECRET_KEY": STRONG_SECRET, "MONGO_URI": ""}
+    server = hypercorn(free_port(), env)
+    output, _ = server.communicate(timeout=30)
+    assert server.returncode == 78
+    assert "MONGO_URI" in output.decode()
+    assert "Running on" not in output.decode()
+
+
+def test_production_with_weak_secret_refuses_to_start(database_uri: str) -> None:
+    env = {"APP_ENV": "production", "JWT_SECRET_KEY": "weak", "MONGO_URI": database_uri}
+    server = hypercorn(free_port(), env)
+    output, _ = server.communicate(timeout=30)
+    assert server.returncode == 78
+    assert "JWT_SECRET_KEY" in output.decode()
+    assert "Running on" not in output.decode()
+
+
+def test_embedded_database_keeps_data_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    env = {"APP_ENV": "development", "MONGO_URI": "", "EMBEDDED_DB_PATH": str(tmp_path / "db")}
+    credentials = {"username": "persistent", "password": "long enough pw"}
+    for attempt in range(2):  # the second start proves no lock or orphan was left
+        port = free_port()
+        server = hypercorn(port, env, workers=1)
+        try:
+            wait_ready(port, server)
+            database_pid = next(
+                pid
+                for pid in descendants(server.pid)
+                if "secantusd" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+            )
+            if attempt == 0:
+                assert call(port, "POST", "/api/v1/auth/register", credentials)[0] == 201
+            else:  # registered before the restart: the name is still taken
+                assert call(port, "POST", "/api/v1/auth/register", credentials)[0] == 409
+                assert call(port, "POST", "/api/v1/auth/login", credentials)[0] == 200
+        finally:
+            output = stop(server)
+        assert server.returncode == 0, output
+        assert all_gone({database_pid})
