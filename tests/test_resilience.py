@@ -1,0 +1,55 @@
+"""The database goes away and comes back: 503 meanwhile, recovery without restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app import create_app
+from app.embedded_db import EmbeddedDatabase
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_database() -> Iterator[EmbeddedDatabase]:
+    """A database server of this test's own, free to be stopped and restarted."""
+    server = EmbeddedDatabase(":memory:")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_outage_gives_fast_503_then_recovers(
+    settings: dict[str, Any], own_database: EmbeddedDatabase
+) -> None:
+    settings["MONGO_URI"] = own_database.uri
+    settings["MONGO_SERVER_SELECTION_TIMEOUT_MS"] = 500
+    app = await create_app(settings)
+    async with app.test_app():
+        client = app.test_client()
+        credentials = {"username": "alice", "password": "long enough pw"}
+        assert (await client.post("/api/v1/auth/register", json=credentials)).status_code == 201
+
+        own_database.stop()
+        started = time.monotonic()
+        response = await client.post("/api/v1/auth/login", json=credentials)
+        assert response.status_code == 503
+        assert (await response.get_json())["code"] == "service_unavailable"
+        assert time.monotonic() - started < 3
+        assert (await client.get("/readyz")).status_code == 503
+
+        own_database.start()  # same port; an in-memory server comes back empty
+        for _ in range(50):
+            if (await client.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await client.get("/readyz")).status_code == 200
+        response = await client.post("/api/v1/auth/register", json=credentials)
+        assert response.status_code == 201
