@@ -20,7 +20,7 @@ class OrjsonProvider(DefaultJSONProvider):
     """Set after quart-schema's ``init_app``, which installs its own provider."""
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
-        return orjson.dumps(obj, default=_default).decode()
+        return orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return orjson.loads(s)

@@ -1,0 +1,31 @@
+"""The OpenAPI document and the offline explorer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def test_openapi_document_lists_the_routes(client: Any) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = await response.get_json()
+    assert spec["openapi"].startswith("3.1")
+    assert {"/healthz", "/readyz", "/api/v1/auth/login", "/api/v1/auth/me"} <= set(spec["paths"])
+    assert not any(path.startswith("/docs") or path == "/openapi.json" for path in spec["paths"])
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/api/v1/auth/me"]["get"]["security"] == [{"bearer": []}]
+
+
+async def test_explorer_is_served_from_the_app_itself(client: Any) -> None:
+    page = await client.get("/docs")
+    assert page.status_code == 200
+    html = await page.get_data(as_text=True)
+    assert "http://" not in html and "https://" not in html  # no outside assets
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "connect-src 'self'" in csp
+    for path in ["/docs/explorer.js", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"]:
+        asset = await client.get(path)
+        assert asset.status_code == 200, path
+        assert len(await asset.get_data()) > 100
+    missing = await client.get("/docs/assets/swagger-ui.js.map")
+    assert missing.status_code == 404
