@@ -10,6 +10,7 @@ from quart_jwt_extended import JWTManager
 from quart_schema import QuartSchema
 
 from .db import Mongo
+from .openapi import ApiOpenAPIProvider
 from .passwords import PasswordHashing
 
 mongo = Mongo()
@@ -21,5 +22,6 @@ schema = QuartSchema(
     redoc_ui_path=None,
     scalar_ui_path=None,
     security_schemes={"bearer": {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}},
+    openapi_provider_class=ApiOpenAPIProvider,
 )
 passwords = PasswordHashing()

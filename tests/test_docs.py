@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from openapi_spec_validator import validate
+
 
 async def test_openapi_document_lists_the_routes(client: Any) -> None:
     response = await client.get("/openapi.json")
@@ -23,9 +25,31 @@ async def test_explorer_is_served_from_the_app_itself(client: Any) -> None:
     assert "http://" not in html and "https://" not in html  # no outside assets
     csp = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "connect-src 'self'" in csp
-    for path in ["/docs/explorer.js", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"]:
+    for path in [
+        "/docs/explorer.js",
+        "/docs/assets/swagger-ui-bundle.js",
+        "/docs/assets/swagger-ui.css",
+    ]:
         asset = await client.get(path)
         assert asset.status_code == 200, path
         assert len(await asset.get_data()) > 100
     missing = await client.get("/docs/assets/swagger-ui.js.map")
     assert missing.status_code == 404
+
+
+async def test_openapi_document_is_valid_and_documents_problems(client: Any) -> None:
+
+    spec = await (await client.get("/openapi.json")).get_json()
+    validate(spec)
+    problem = spec["components"]["responses"]["Unauthorized"]
+    assert problem["content"]["application/problem+json"]["schema"] == {
+        "$ref": "#/components/schemas/Problem"
+    }
+    assert "WWW-Authenticate" in problem["headers"]
+    me = spec["paths"]["/api/v1/auth/me"]["get"]["responses"]
+    assert me["401"] == {"$ref": "#/components/responses/Unauthorized"}
+    assert me["200"]["content"]["application/json"]["schema"]["$ref"].startswith(
+        "#/components/schemas/"
+    )
+    password = spec["paths"]["/api/v1/auth/password"]["post"]["responses"]
+    assert {"400", "401", "413", "415", "422", "500", "503"} <= set(password)

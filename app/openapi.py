@@ -1,0 +1,204 @@
+"""The OpenAPI document: quart-schema's, completed with what clients need.
+
+quart-schema documents the request and success schemas a route declares.
+This provider adds the rest from facts the routes already state: every
+problem+json error a route can return (derived from its auth, body, query
+and path, plus the extra statuses it names with ``@problems``), response
+headers, conditional request headers, and named schema components instead of
+inlined copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+from quart_schema import OpenAPIProvider
+from quart_schema.validation import (
+    QUART_SCHEMA_QUERYSTRING_ATTRIBUTE,
+    QUART_SCHEMA_REQUEST_ATTRIBUTE,
+)
+from werkzeug.routing import Rule
+
+from .errors import PROBLEM_CONTENT_TYPE
+from .models.problem import Problem
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+PROBLEMS_ATTRIBUTE = "_api_problems"
+RESPONSE_HEADERS_ATTRIBUTE = "_api_response_headers"
+REQUEST_HEADERS_ATTRIBUTE = "_api_request_headers"
+
+HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "The request's id: the client's X-Request-ID when sane, else a fresh one.",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+    },
+    "ETag": {
+        "description": 'Strong tag of the todo\'s version, e.g. "3".',
+        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+    },
+    "Location": {
+        "description": "Path of the created todo.",
+        "schema": {"type": "string", "pattern": "^/api/v1/todos/[0-9a-f]{24}$"},
+    },
+    "Retry-After": {
+        "description": "Whole seconds to wait before retrying.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "WWW-Authenticate": {
+        "description": "Bearer challenge (RFC 6750).",
+        "schema": {"type": "string"},
+    },
+    "Allow": {"description": "The methods the path supports.", "schema": {"type": "string"}},
+}
+REQUEST_HEADERS: dict[str, dict[str, Any]] = {
+    "If-Match": {
+        "description": 'Only act if the todo\'s ETag is listed (strong comparison), or "*".',
+        "schema": {"type": "string"},
+    },
+    "If-None-Match": {
+        "description": 'Answer 304 if the todo\'s ETag is listed (weak comparison), or "*".',
+        "schema": {"type": "string"},
+    },
+}
+#: Headers each problem status always carries besides X-Request-ID.
+PROBLEM_HEADERS = {401: ["WWW-Authenticate"], 429: ["Retry-After"], 503: ["Retry-After"]}
+PROBLEM_DESCRIPTIONS = {
+    400: "Malformed JSON or invalid UTF-8 (`malformed_json`).",
+    401: "Missing, invalid, expired or revoked token, or wrong credentials.",
+    404: "No such resource (`not_found`).",
+    409: "Conflict with existing data.",
+    412: "If-Match did not match the current version (`version_conflict`).",
+    413: "Body larger than 64 KiB (`payload_too_large`).",
+    415: "Body is not `application/json` (`unsupported_media_type`).",
+    422: "Well-formed but invalid input (`validation_failed`), see `errors`.",
+    429: "Rate limited (`rate_limited`), see Retry-After.",
+    500: "Unexpected error (`internal_error`).",
+    503: "Database unavailable (`service_unavailable`).",
+}
+
+
+def _add_to(attribute: str, values: tuple[Any, ...]) -> Callable[[F], F]:
+    def decorator(func: F) -> F:
+        setattr(func, attribute, (*getattr(func, attribute, ()), *values))
+        return func
+
+    return decorator
+
+
+def problems(*statuses: int) -> Callable[[F], F]:
+    """Document error statuses a route returns beyond those derived from its shape."""
+    return _add_to(PROBLEMS_ATTRIBUTE, statuses)
+
+
+def response_headers(status: int, *names: str) -> Callable[[F], F]:
+    """Document headers (from ``HEADERS``) that a route's ``status`` response carries.
+
+    With no names it declares a bodiless response, such as a 204 or a 304.
+    """
+    return _add_to(RESPONSE_HEADERS_ATTRIBUTE, ((status, names),))
+
+
+def request_headers(*names: str) -> Callable[[F], F]:
+    """Document conditional request headers (from ``REQUEST_HEADERS``) a route honours."""
+    return _add_to(REQUEST_HEADERS_ATTRIBUTE, names)
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+class ApiOpenAPIProvider(OpenAPIProvider):
+    """Builds the complete document; plugged in as quart-schema's provider class."""
+
+    def schema(self) -> dict[str, Any]:
+        spec = super().schema()
+        components = spec["components"]
+        components["schemas"]["Problem"] = Problem.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        components["schemas"].update(components["schemas"]["Problem"].pop("$defs", {}))
+        components["headers"] = HEADERS
+        components["responses"] = {
+            self._problem_name(status): {
+                "description": PROBLEM_DESCRIPTIONS[status],
+                "headers": {
+                    name: _ref("headers", name)
+                    for name in ["X-Request-ID", *PROBLEM_HEADERS.get(status, [])]
+                },
+                "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("schemas", "Problem")}},
+            }
+            for status in PROBLEM_DESCRIPTIONS
+        }
+        return spec
+
+    @staticmethod
+    def _problem_name(status: int) -> str:
+        return HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+
+    def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
+        paths, components = super().build_paths(rule)
+        func = self._app.view_functions[rule.endpoint]
+        for operations in paths.values():
+            for operation in operations.values():
+                operation["responses"] = {
+                    str(status): response for status, response in operation["responses"].items()
+                }
+                self._name_schemas(operation, components)
+                self._add_headers(operation, func)
+                for status in self._problem_statuses(rule, func, operation):
+                    operation["responses"][str(status)] = _ref(
+                        "responses", self._problem_name(status)
+                    )
+                operation["responses"] = dict(sorted(operation["responses"].items()))
+        return paths, components
+
+    @staticmethod
+    def _name_schemas(operation: dict[str, Any], components: dict[str, Any]) -> None:
+        """Move inlined model schemas into named components and refer to them."""
+        bodies = [operation.get("requestBody", {}), *operation["responses"].values()]
+        for body in bodies:
+            for media in body.get("content", {}).values():
+                schema = media.get("schema", {})
+                if "title" in schema and schema.get("type") == "object":
+                    components[schema["title"]] = schema
+                    media["schema"] = _ref("schemas", schema["title"])
+
+    @staticmethod
+    def _add_headers(operation: dict[str, Any], func: Callable[..., Any]) -> None:
+        for status_code, response in operation["responses"].items():
+            response["description"] = (
+                response.get("description") or HTTPStatus(int(status_code)).phrase
+            )
+            response.setdefault("headers", {})["X-Request-ID"] = _ref("headers", "X-Request-ID")
+        for status, names in getattr(func, RESPONSE_HEADERS_ATTRIBUTE, ()):
+            response = operation["responses"].setdefault(
+                str(status),
+                {
+                    "description": HTTPStatus(status).phrase,
+                    "headers": {"X-Request-ID": _ref("headers", "X-Request-ID")},
+                },
+            )
+            for name in names:
+                response.setdefault("headers", {})[name] = _ref("headers", name)
+        for name in getattr(func, REQUEST_HEADERS_ATTRIBUTE, ()):
+            operation["parameters"].append({"name": name, "in": "header", **REQUEST_HEADERS[name]})
+
+    @staticmethod
+    def _problem_statuses(
+        rule: Rule, func: Callable[..., Any], operation: dict[str, Any]
+    ) -> set[int]:
+        statuses = {500, *getattr(func, PROBLEMS_ATTRIBUTE, ())}
+        if not rule.endpoint.startswith("health."):
+            statuses.add(503)
+        if getattr(func, QUART_SCHEMA_REQUEST_ATTRIBUTE, None) is not None:
+            statuses |= {400, 413, 415, 422}
+        if getattr(func, QUART_SCHEMA_QUERYSTRING_ATTRIBUTE, None) is not None:
+            statuses.add(422)
+        if "security" in operation:
+            statuses.add(401)
+        if rule.arguments:
+            statuses.add(404)
+        return statuses
