@@ -1,9 +1,147 @@
-"""Todos: ``/api/v1/todos``."""
+"""Todos: ``/api/v1/todos``. Every route acts on the caller's todos only."""
 
 from __future__ import annotations
 
-from quart import Blueprint
-from quart_schema import tag_blueprint
+import re
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from bson import ObjectId
+from quart import Blueprint, Response, request
+from quart_schema import (
+    document_response,
+    tag_blueprint,
+    validate_querystring,
+    validate_request,
+)
+
+from .. import todo_service
+from ..json_provider import json_response
+from ..models.todos import (
+    ClearCompletedQuery,
+    Deleted,
+    ListQuery,
+    Todo,
+    TodoCreate,
+    TodoPage,
+    TodoPatch,
+    todo_json,
+)
+from ..openapi import problems, request_headers, response_headers
+from ..security import current_user, require_access
+from ..todo_service import IfMatch, etag
+from . import no_content
 
 blueprint = Blueprint("todos", __name__)
 tag_blueprint(blueprint, ["todos"])
+
+OBJECT_ID = re.compile(r"[0-9a-f]{24}")
+R = TypeVar("R")
+
+
+def with_todo_id(view: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Turn the path's ``todo_id`` into an ObjectId; anything else is a 404.
+
+    A decorator (not a URL converter) so that a missing token is a 401 first,
+    and a malformed id a 404 before the body is validated (422).
+    """
+
+    @wraps(view)
+    async def wrapper(*args: Any, todo_id: str, **kwargs: Any) -> R:
+        if not OBJECT_ID.fullmatch(todo_id):
+            raise todo_service.not_found()
+        return await view(*args, todo_id=ObjectId(todo_id), **kwargs)
+
+    return wrapper
+
+
+def if_match() -> IfMatch | None:
+    """The request's If-Match as a precondition (strong comparison), if it has one."""
+    if "If-Match" not in request.headers:
+        return None
+    tags = request.if_match
+    versions = frozenset(int(tag) for tag in tags.as_set() if tag.isdigit())
+    return IfMatch(any_version=tags.star_tag, versions=versions)
+
+
+def todo_response(todo: dict[str, Any], status: int = 200) -> Response:
+    response = json_response(todo_json(todo), status)
+    response.headers["ETag"] = etag(todo["version"])
+    return response
+
+
+@blueprint.post("")
+@require_access
+@validate_request(TodoCreate)
+@document_response(Todo, 201)
+@response_headers(201, "Location", "ETag")
+async def create_todo(data: TodoCreate) -> Response:
+    """Create a todo."""
+    todo = await todo_service.create(current_user().id, data)
+    response = todo_response(todo, 201)
+    response.headers["Location"] = f"{blueprint.url_prefix or '/api/v1/todos'}/{todo['_id']}"
+    return response
+
+
+@blueprint.get("")
+@require_access
+@validate_querystring(ListQuery)
+@document_response(TodoPage, 200)
+async def list_todos(query_args: ListQuery) -> Response:
+    """List todos: filter, sort, and page with the opaque ``next_cursor``."""
+    todos, next_cursor = await todo_service.list_page(current_user().id, query_args)
+    return json_response({"items": [todo_json(todo) for todo in todos], "next_cursor": next_cursor})
+
+
+@blueprint.delete("")
+@require_access
+@validate_querystring(ClearCompletedQuery)
+@document_response(Deleted, 200)
+async def clear_completed(query_args: ClearCompletedQuery) -> Response:
+    """Delete the caller's completed todos (exactly ``?completed=true``)."""
+    return json_response({"deleted": await todo_service.clear_completed(current_user().id)})
+
+
+@blueprint.get("/<todo_id>")
+@require_access
+@with_todo_id
+@document_response(Todo, 200)
+@request_headers("If-None-Match")
+@response_headers(200, "ETag")
+@response_headers(304, "ETag")
+async def get_todo(todo_id: ObjectId) -> Response:
+    """Get one todo; 304 when If-None-Match names its current version."""
+    todo = await todo_service.get(current_user().id, todo_id)
+    if request.if_none_match.contains_weak(str(todo["version"])):
+        response = Response(b"", status=304)
+        del response.headers["Content-Type"]
+        response.headers["ETag"] = etag(todo["version"])
+        return response
+    return todo_response(todo)
+
+
+@blueprint.patch("/<todo_id>")
+@require_access
+@with_todo_id
+@validate_request(TodoPatch)
+@document_response(Todo, 200)
+@request_headers("If-Match")
+@response_headers(200, "ETag")
+@problems(412)
+async def update_todo(todo_id: ObjectId, data: TodoPatch) -> Response:
+    """Change any subset of the writable fields; ``due_at: null`` clears the due date."""
+    todo = await todo_service.update(current_user().id, todo_id, data.changes(), if_match())
+    return todo_response(todo)
+
+
+@blueprint.delete("/<todo_id>")
+@require_access
+@with_todo_id
+@request_headers("If-Match")
+@response_headers(204)
+@problems(412)
+async def delete_todo(todo_id: ObjectId) -> Response:
+    """Delete one todo."""
+    await todo_service.delete(current_user().id, todo_id, if_match())
+    return no_content()

@@ -1,19 +1,136 @@
-"""The ``todos`` collection. Every query is filtered by ``owner``."""
+"""The ``todos`` collection. Every query and write is filtered by ``owner``.
+
+``due_key`` mirrors ``due_at`` but holds a far-future date when there is
+none, so that "no due date" sorts after every date on one index, as the
+contract wants. Writes that must not race are guarded by ``version``.
+"""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING
 
 from ..extensions import mongo
+
+Todo = dict[str, Any]
+
+NO_DUE_DATE = datetime(9999, 12, 31, tzinfo=UTC)
+SORT_FIELDS = {"created_at": "created_at", "updated_at": "updated_at", "due_at": "due_key"}
 
 
 def _todos() -> Any:
     return mongo.db["todos"]
 
 
+def due_key(due_at: datetime | None) -> datetime:
+    return NO_DUE_DATE if due_at is None else due_at
+
+
+async def insert(todo: Todo) -> None:
+    await _todos().insert_one(todo)
+
+
+async def find(owner: ObjectId, todo_id: ObjectId) -> Todo | None:
+    todo: Todo | None = await _todos().find_one({"_id": todo_id, "owner": owner})
+    return todo
+
+
+async def replace_fields(
+    owner: ObjectId, todo_id: ObjectId, version: int, fields: dict[str, Any]
+) -> bool:
+    """Set ``fields`` and bump the version, if the todo is still at ``version``."""
+    result = await _todos().update_one(
+        {"_id": todo_id, "owner": owner, "version": version},
+        {"$set": fields, "$inc": {"version": 1}},
+    )
+    return bool(result.modified_count == 1)
+
+
+async def delete(owner: ObjectId, todo_id: ObjectId, versions: list[int] | None) -> bool:
+    """Delete the todo (only at one of ``versions`` when given); True if it went."""
+    query: dict[str, Any] = {"_id": todo_id, "owner": owner}
+    if versions is not None:
+        query["version"] = {"$in": versions}
+    result = await _todos().delete_one(query)
+    return bool(result.deleted_count == 1)
+
+
+async def delete_completed(owner: ObjectId) -> int:
+    result = await _todos().delete_many({"owner": owner, "completed": True})
+    return int(result.deleted_count)
+
+
 async def delete_all_of(owner: ObjectId) -> int:
     """Delete every todo of ``owner``; return how many went."""
     result = await _todos().delete_many({"owner": owner})
     return int(result.deleted_count)
+
+
+def list_query(
+    owner: ObjectId,
+    filters: dict[str, Any],
+    sort: str,
+    after: tuple[datetime, ObjectId] | None,
+) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """The filter and sort of one page; the owner equality lets an owner_* index serve it."""
+    field = SORT_FIELDS[sort.lstrip("-")]
+    direction = DESCENDING if sort.startswith("-") else ASCENDING
+    clauses: list[dict[str, Any]] = []
+    if filters.get("completed") is not None:
+        clauses.append({"completed": filters["completed"] == "true"})
+    if filters.get("tag") is not None:
+        clauses.append({"tags": filters["tag"]})
+    if filters.get("q") is not None:
+        pattern = re.escape(filters["q"])
+        clauses.append(
+            {
+                "$or": [
+                    {"title": {"$regex": pattern, "$options": "i"}},
+                    {"notes": {"$regex": pattern, "$options": "i"}},
+                ]
+            }
+        )
+    due_bounds: dict[str, datetime] = {}
+    if filters.get("due_before") is not None:
+        due_bounds["$lt"] = filters["due_before"]
+    if filters.get("due_after") is not None:
+        due_bounds["$gt"] = filters["due_after"]
+    if due_bounds:
+        clauses.append({"due_at": {"$type": "date", **due_bounds}})
+    if after is not None:
+        beyond = "$gt" if direction == ASCENDING else "$lt"
+        last_value, last_id = after
+        clauses.append(
+            {
+                "$or": [
+                    {field: {beyond: last_value}},
+                    {field: last_value, "_id": {beyond: last_id}},
+                ]
+            }
+        )
+    query: dict[str, Any] = {"owner": owner}
+    if clauses:
+        query["$and"] = clauses
+    return query, [(field, direction), ("_id", direction)]
+
+
+def sort_value(todo: Todo, sort: str) -> datetime:
+    """The value a todo is ordered by under ``sort`` (what a cursor remembers)."""
+    value: datetime = todo[SORT_FIELDS[sort.lstrip("-")]]
+    return value
+
+
+async def page(
+    owner: ObjectId,
+    filters: dict[str, Any],
+    sort: str,
+    after: tuple[datetime, ObjectId] | None,
+    limit: int,
+) -> list[Todo]:
+    """Up to ``limit`` todos after the ``after`` position, in ``sort`` order."""
+    query, order = list_query(owner, filters, sort, after)
+    return [todo async for todo in _todos().find(query).sort(order).limit(limit)]

@@ -1,0 +1,199 @@
+"""Schemas of the todos endpoints and the one document -> JSON mapping."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from ..clock import format_timestamp, parse_timestamp
+from .auth import StrictBody
+
+TAG = re.compile(r"[a-z0-9_-]{1,32}")
+MAX_TAGS = 20
+Sort = Literal["created_at", "-created_at", "updated_at", "-updated_at", "due_at", "-due_at"]
+
+
+def _trimmed_title(value: str) -> str:
+    title = value.strip()
+    if not 1 <= len(title) <= 200:
+        raise ValueError("must be 1 to 200 characters after trimming whitespace")
+    return title
+
+
+def _tag(value: str) -> str:
+    tag = value.lower()
+    if not TAG.fullmatch(tag):
+        raise ValueError("each tag must be 1 to 32 characters of a-z0-9_-")
+    return tag
+
+
+def _distinct_tags(tags: list[str]) -> list[str]:
+    distinct = list(dict.fromkeys(tags))
+    if len(distinct) > MAX_TAGS:
+        raise ValueError(f"at most {MAX_TAGS} distinct tags")
+    return distinct
+
+
+def _timestamp(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 timestamp string")
+    return parse_timestamp(value)
+
+
+Title = Annotated[str, AfterValidator(_trimmed_title), Field(examples=["Buy milk"])]
+Notes = Annotated[str, Field(max_length=10_000)]
+Priority = Literal["low", "normal", "high"]
+Tag = Annotated[str, AfterValidator(_tag)]
+Tags = Annotated[list[Tag], AfterValidator(_distinct_tags), Field(examples=[["home"]])]
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_timestamp),
+    Field(description="RFC 3339 with an offset; stored in UTC, milliseconds"),
+]
+
+
+class TodoCreate(StrictBody):
+    title: Title
+    notes: Notes = ""
+    completed: bool = False
+    due_at: Timestamp | None = None
+    priority: Priority = "normal"
+    tags: Tags = Field(default_factory=list)
+
+
+def _only_due_at_is_nullable(schema: dict[str, Any]) -> None:
+    """Document the PATCH fields as they are validated: only ``due_at`` takes null."""
+    for name, prop in schema["properties"].items():
+        if name == "due_at" or "anyOf" not in prop:
+            continue
+        variants = [variant for variant in prop.pop("anyOf") if variant.get("type") != "null"]
+        prop.update(variants[0] if len(variants) == 1 else {"anyOf": variants})
+        prop.pop("default", None)
+
+
+class TodoPatch(StrictBody):
+    """Any subset of the writable fields; only ``due_at`` may be null (to clear it)."""
+
+    model_config = ConfigDict(json_schema_extra=_only_due_at_is_nullable)
+
+    title: Title | None = None
+    notes: Notes | None = None
+    completed: bool | None = None
+    due_at: Timestamp | None = None
+    priority: Priority | None = None
+    tags: Tags | None = None
+
+    @field_validator("title", "notes", "completed", "priority", "tags", mode="before")
+    @classmethod
+    def not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("may not be null")
+        return value
+
+    @model_validator(mode="after")
+    def not_empty(self) -> TodoPatch:
+        if not self.model_fields_set:
+            raise ValueError("send at least one field to change")
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the client sent, with their validated values."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+def _limit(value: Any) -> int:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,3}", value):
+        raise ValueError("must be a whole number from 1 to 100")
+    if not 1 <= int(value) <= 100:
+        raise ValueError("must be a whole number from 1 to 100")
+    return int(value)
+
+
+class ListQuery(BaseModel):
+    """List filters, sort and paging. Query values arrive as strings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    completed: Literal["true", "false"] | None = None
+    tag: Tag | None = None
+    q: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    due_before: Timestamp | None = None
+    due_after: Timestamp | None = None
+    sort: Sort = "-created_at"
+    limit: Annotated[int, BeforeValidator(_limit), Field(ge=1, le=100)] = 20
+    cursor: Annotated[str, Field(min_length=1)] | None = None
+
+    def filters(self) -> dict[str, Any]:
+        """What a cursor is bound to besides the user and the sort."""
+        return {
+            "completed": self.completed,
+            "tag": self.tag,
+            "q": self.q,
+            "due_before": self.due_before,
+            "due_after": self.due_after,
+        }
+
+
+class ClearCompletedQuery(BaseModel):
+    """``DELETE /api/v1/todos`` takes exactly ``completed=true``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    completed: Literal["true"]
+
+
+class Todo(BaseModel):
+    id: str = Field(pattern=r"^[0-9a-f]{24}$")
+    title: str
+    notes: str
+    completed: bool
+    completed_at: str | None
+    due_at: str | None
+    priority: Priority
+    tags: list[str]
+    created_at: str
+    updated_at: str
+    version: int
+
+
+class TodoPage(BaseModel):
+    items: list[Todo]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end"
+    )
+
+
+class Deleted(BaseModel):
+    deleted: int
+
+
+def _optional_timestamp(moment: datetime | None) -> str | None:
+    return None if moment is None else format_timestamp(moment)
+
+
+def todo_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """The public view of a stored todo."""
+    return {
+        "id": str(doc["_id"]),
+        "title": doc["title"],
+        "notes": doc["notes"],
+        "completed": doc["completed"],
+        "completed_at": _optional_timestamp(doc["completed_at"]),
+        "due_at": _optional_timestamp(doc["due_at"]),
+        "priority": doc["priority"],
+        "tags": doc["tags"],
+        "created_at": format_timestamp(doc["created_at"]),
+        "updated_at": format_timestamp(doc["updated_at"]),
+        "version": doc["version"],
+    }

@@ -1,0 +1,134 @@
+"""Todo rules: versions, completion times, preconditions and paging.
+
+Routes call these; they raise ``ApiError`` and leave Mongo to the store.
+Updates read the todo, then write it guarded by its version (much cheaper
+than findAndModify on the embedded database, and just as safe): a lost race
+is retried, or reported as 412 when the client named a version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+
+from . import cursors
+from .clock import utcnow
+from .errors import ApiError
+from .models.todos import ListQuery, TodoCreate
+from .stores import todos as store
+from .stores.todos import Todo
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+@dataclass(frozen=True)
+class IfMatch:
+    """An ``If-Match`` precondition: ``*`` (any version) or a set of versions."""
+
+    any_version: bool
+    versions: frozenset[int]
+
+    def matches(self, version: int) -> bool:
+        return self.any_version or version in self.versions
+
+
+def not_found() -> ApiError:
+    return ApiError(404, "not_found", "No such todo.")
+
+
+def _version_conflict(current_version: int) -> ApiError:
+    return ApiError(
+        412,
+        "version_conflict",
+        "The todo has changed since the version named in If-Match.",
+        headers={"ETag": etag(current_version)},
+    )
+
+
+async def create(owner: ObjectId, data: TodoCreate) -> Todo:
+    now = utcnow()
+    todo: Todo = {
+        "_id": ObjectId(),
+        "owner": owner,
+        "title": data.title,
+        "notes": data.notes,
+        "completed": data.completed,
+        "completed_at": now if data.completed else None,
+        "due_at": data.due_at,
+        "due_key": store.due_key(data.due_at),
+        "priority": data.priority,
+        "tags": data.tags,
+        "created_at": now,
+        "updated_at": now,
+        "version": 1,
+    }
+    await store.insert(todo)
+    return todo
+
+
+async def get(owner: ObjectId, todo_id: ObjectId) -> Todo:
+    todo = await store.find(owner, todo_id)
+    if todo is None:
+        raise not_found()
+    return todo
+
+
+def _changed_fields(todo: Todo, changes: dict[str, Any], now: datetime) -> dict[str, Any]:
+    fields = {**changes, "updated_at": now}
+    if "due_at" in changes:
+        fields["due_key"] = store.due_key(changes["due_at"])
+    if "completed" in changes:
+        if not changes["completed"]:
+            fields["completed_at"] = None
+        elif not todo["completed"]:
+            fields["completed_at"] = now
+    return fields
+
+
+async def update(
+    owner: ObjectId, todo_id: ObjectId, changes: dict[str, Any], if_match: IfMatch | None
+) -> Todo:
+    """Apply ``changes`` atomically with a version bump; 404, or 412 on a stale If-Match."""
+    while True:
+        todo = await get(owner, todo_id)
+        if if_match is not None and not if_match.matches(todo["version"]):
+            raise _version_conflict(todo["version"])
+        fields = _changed_fields(todo, changes, utcnow())
+        if await store.replace_fields(owner, todo_id, todo["version"], fields):
+            return {**todo, **fields, "version": todo["version"] + 1}
+        # Another writer got in between: read again (and re-check If-Match).
+
+
+async def delete(owner: ObjectId, todo_id: ObjectId, if_match: IfMatch | None) -> None:
+    while True:
+        todo = await get(owner, todo_id)
+        if if_match is None:
+            if not await store.delete(owner, todo_id, None):
+                raise not_found()
+            return
+        if not if_match.matches(todo["version"]):
+            raise _version_conflict(todo["version"])
+        if await store.delete(owner, todo_id, [todo["version"]]):
+            return
+
+
+async def clear_completed(owner: ObjectId) -> int:
+    return await store.delete_completed(owner)
+
+
+async def list_page(owner: ObjectId, query: ListQuery) -> tuple[list[Todo], str | None]:
+    """One page in keyset order, and the cursor of the next (None on the last page)."""
+    filters = query.filters()
+    bound_to = cursors.binding(owner, query.sort, filters)
+    after = cursors.decode(query.cursor, bound_to) if query.cursor is not None else None
+    todos = await store.page(owner, filters, query.sort, after, query.limit + 1)
+    if len(todos) <= query.limit:
+        return todos, None
+    last = todos[query.limit - 1]
+    next_cursor = cursors.encode(bound_to, store.sort_value(last, query.sort), last["_id"])
+    return todos[: query.limit], next_cursor
