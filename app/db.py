@@ -22,6 +22,12 @@ from .errors import ApiError, handle_unexpected, problem_response
 
 logger = logging.getLogger(__name__)
 
+
+def sort_index_name(field: str, direction: int) -> str:
+    """The todos index that serves a list sorted on ``field`` (the store hints it)."""
+    return f"owner_{field}_{'asc' if direction == ASCENDING else 'desc'}"
+
+
 #: Indexes per collection. ``create_indexes`` is idempotent, so every worker
 #: may run it at start.
 INDEXES: dict[str, list[IndexModel]] = {
@@ -36,7 +42,7 @@ INDEXES: dict[str, list[IndexModel]] = {
     "todos": [
         IndexModel(
             [("owner", ASCENDING), (sort_field, direction), ("_id", direction)],
-            name=f"owner_{sort_field}_{'asc' if direction == ASCENDING else 'desc'}",
+            name=sort_index_name(sort_field, direction),
         )
         for sort_field in ("created_at", "updated_at", "due_key")
         for direction in (ASCENDING, DESCENDING)
