@@ -14,7 +14,7 @@ import sys
 # file runs (it does for the app, later).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from app.serving import prepare_to_serve  # noqa: E402
+from app.serving import prepare_to_serve
 
 prepare_to_serve()
 

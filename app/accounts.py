@@ -71,4 +71,3 @@ async def delete_account(caller: CurrentUser, password: str) -> None:
     await sessions.close_all(user["_id"])
     await todos.delete_all_of(user["_id"])
     await users.delete(user["_id"])
-

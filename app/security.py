@@ -36,7 +36,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 BEARER = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
-BEARER_SECURITY = [{"bearer": []}]
+BEARER_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,7 @@ def _verified_claims(expected_type: str) -> TokenClaims:
     except pyjwt.ExpiredSignatureError:
         raise unauthorized("token_expired", "The token has expired.") from None
     except WrongTokenError:
-        raise unauthorized(
-            "token_wrong_type", f"This endpoint takes a {expected_type} token."
-        ) from None
+        raise unauthorized("token_wrong_type", f"Send the {expected_type} token here.") from None
     except Exception:  # any other failure: unreadable, tampered, wrong key or algorithm
         raise unauthorized("token_invalid", "The token is invalid.") from None
 
@@ -175,6 +173,6 @@ def init_app(app: Quart, jwt: JWTManager) -> None:
         lambda *_: problem_response(unauthorized("token_missing", "A bearer token is required."))
     )
     jwt.needs_fresh_token_loader(invalid)
-    jwt.revoked_token_loader(lambda *_: problem_response(_session_revoked()))  # type: ignore[arg-type]
+    jwt.revoked_token_loader(lambda *_: problem_response(_session_revoked()))
     jwt.user_loader_error_loader(invalid)
     jwt.claims_verification_failed_loader(invalid)

@@ -18,9 +18,9 @@ from .stores.rate_limits import Window
 
 def client_address() -> str:
     """The TCP peer, or the address a trusted proxy chain reports for it."""
-    trusted_proxies = current_app.config["TRUSTED_PROXY_COUNT"]
+    trusted_proxies: int = current_app.config["TRUSTED_PROXY_COUNT"]
     if trusted_proxies > 0:
-        forwarded = [
+        forwarded: list[str] = [
             part.strip()
             for part in request.headers.get("X-Forwarded-For", "").split(",")
             if part.strip()

@@ -24,9 +24,7 @@ DOCS_CSP = (
     "img-src 'self' data:; connect-src 'self'; font-src 'self'; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'none'"
 )
-ASSETS = frozenset(
-    {"swagger-ui-bundle.js", "swagger-ui.css", "index.css", "favicon-32x32.png"}
-)
+ASSETS = frozenset({"swagger-ui-bundle.js", "swagger-ui.css", "index.css", "favicon-32x32.png"})
 
 
 def _with_csp(response: Response) -> Response:

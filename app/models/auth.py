@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from bson import ObjectId
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..clock import format_timestamp
