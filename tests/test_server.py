@@ -188,3 +188,43 @@ def test_embedded_database_keeps_data_and_leaves_nothing_behind(tmp_path: Path) 
             output = stop(server)
         assert server.returncode == 0, output
         assert all_gone({database_pid})
+
+
+def call_with_token(port: int, method: str, path: str, token: str) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_logout_and_login_limits_hold_across_server_processes(server_env: dict[str, str]) -> None:
+    """Two servers (as two containers would be) share sessions and counters via MongoDB."""
+    env = {**server_env, "LOGIN_FAILURES_PER_USERNAME": "4"}
+    ports = [free_port(), free_port()]
+    servers = [hypercorn(port, env, workers=1) for port in ports]
+    try:
+        for port, server in zip(ports, servers, strict=True):
+            wait_ready(port, server)
+        first, second = ports
+        credentials = {"username": "shared", "password": "long enough pw"}
+        assert call(first, "POST", "/api/v1/auth/register", credentials)[0] == 201
+        status, tokens = call(second, "POST", "/api/v1/auth/login", credentials)
+        assert status == 200
+        assert call_with_token(first, "GET", "/api/v1/auth/me", tokens["access_token"]) == 200
+        assert call_with_token(second, "POST", "/api/v1/auth/logout", tokens["access_token"]) == 204
+        assert call_with_token(first, "GET", "/api/v1/auth/me", tokens["access_token"]) == 401
+
+        wrong = {"username": "shared", "password": "wrong password"}
+        for port in [first, second, first, second]:  # four failures, split across servers
+            assert call(port, "POST", "/api/v1/auth/login", wrong)[0] == 401
+        assert call(first, "POST", "/api/v1/auth/login", credentials)[0] == 429
+        assert call(second, "POST", "/api/v1/auth/login", credentials)[0] == 429
+    finally:
+        for server in servers:
+            stop(server)
