@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
+from app import create_app
 from tests.conftest import PASSWORD, Api, bearer
 
 AUTH = "/api/v1/auth"
@@ -233,3 +234,16 @@ async def test_delete_account_needs_a_password_body(api: Api) -> None:
         f"{AUTH}/me", json={"password": PASSWORD, "force": True}, headers=headers
     )
     await problem(extra, 422, "validation_failed")
+
+
+async def test_old_hashes_are_upgraded_at_login(
+    api: Api, db: Any, settings: dict[str, Any]
+) -> None:
+    await api.register("alice")  # hashed with the testing parameters (t=1)
+    old = (await db["users"].find_one({"username_key": "alice"}))["password_hash"]
+    stronger = await create_app({**settings, "ARGON2_TIME_COST": 2})
+    async with stronger.test_app():
+        await Api(stronger.test_client()).login("alice")
+    new = (await db["users"].find_one({"username_key": "alice"}))["password_hash"]
+    assert "t=1," in old and "t=2," in new
+    await api.login("alice")  # the upgraded hash still verifies
