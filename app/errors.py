@@ -73,8 +73,15 @@ def validation_error(loc: Location, msg: str) -> ApiError:
 
 
 def unauthorized(code: str, detail: str) -> ApiError:
-    """A 401 with the ``WWW-Authenticate`` challenge every 401 must carry."""
-    return ApiError(401, code, detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    """A 401 with the RFC 6750 challenge every 401 must carry.
+
+    Token failures say ``error="invalid_token"``; a missing token or wrong
+    credentials carry the bare challenge, as RFC 6750 section 3.1 asks.
+    """
+    challenge = 'Bearer realm="todo-api"'
+    if code.startswith("token_") and code != "token_missing":
+        challenge += ', error="invalid_token"'
+    return ApiError(401, code, detail, headers={"WWW-Authenticate": challenge})
 
 
 def problem_response(error: ApiError) -> Response:
