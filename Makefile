@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test test-motor test-pymongo lint clean
+.PHONY: run test test-motor test-pymongo lint fuzz browser clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,16 @@ test-motor: $(BIN)/.installed
 
 test-pymongo: $(BIN)/.installed
 	MONGO_DRIVER=pymongo $(BIN)/pytest -q
+
+## fuzz: schemathesis against the real server, every operation, fixed seed
+fuzz: $(BIN)/.installed
+	$(BIN)/python -m scripts.fuzz --examples 50
+
+## browser: /docs in headless Chromium, offline; saves a screenshot
+SCREENSHOT ?= docs/explorer.png
+browser: $(BIN)/.installed
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	$(BIN)/python -m scripts.docs_browser --screenshot $(SCREENSHOT)
 
 ## lint: ruff and mypy
 lint: $(BIN)/.installed

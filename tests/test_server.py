@@ -7,76 +7,19 @@ refusal, the embedded database's lifecycle and a clean SIGTERM.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from app.embedded_db import free_port
+from scripts.devserver import call, start_hypercorn, stop, wait_ready
 
-ROOT = Path(__file__).resolve().parent.parent
-HYPERCORN = str(Path(sys.executable).parent / "hypercorn")
 STRONG_SECRET = "s" * 48
 
 pytestmark = pytest.mark.slow
-
-
-def hypercorn(port: int, env: dict[str, str], workers: int = 2) -> subprocess.Popen[bytes]:
-    """The Dockerfile's command, on a loopback port."""
-    return subprocess.Popen(
-        [
-            HYPERCORN,
-            "--config",
-            "file:hypercorn_conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "asgi:app",
-        ],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"} if data else {},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-
-
-def wait_ready(port: int, server: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
-        try:
-            if call(port, "GET", "/readyz")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become ready")
 
 
 def descendants(pid: int) -> set[int]:
@@ -114,13 +57,6 @@ def all_gone(pids: set[int], seconds: float = 5) -> bool:
     return True
 
 
-def stop(server: subprocess.Popen[bytes]) -> str:
-    """SIGTERM, wait for a clean exit, return the output."""
-    server.send_signal(signal.SIGTERM)
-    output, _ = server.communicate(timeout=20)
-    return output.decode()
-
-
 @pytest.fixture
 def server_env(database_uri: str) -> Iterator[dict[str, str]]:
     yield {
@@ -133,7 +69,7 @@ def server_env(database_uri: str) -> Iterator[dict[str, str]]:
 
 def test_two_workers_serve_and_stop_cleanly_on_sigterm(server_env: dict[str, str]) -> None:
     port = free_port()
-    server = hypercorn(port, server_env, workers=2)
+    server = start_hypercorn(port, server_env, workers=2)
     try:
         wait_ready(port, server)
         workers = descendants(server.pid)
@@ -150,7 +86,7 @@ def test_two_workers_serve_and_stop_cleanly_on_sigterm(server_env: dict[str, str
 
 def test_production_without_mongo_uri_refuses_to_start() -> None:
     env = {"APP_ENV": "production", "JWT_SECRET_KEY": STRONG_SECRET, "MONGO_URI": ""}
-    server = hypercorn(free_port(), env)
+    server = start_hypercorn(free_port(), env)
     output, _ = server.communicate(timeout=30)
     assert server.returncode == 78
     assert "MONGO_URI" in output.decode()
@@ -159,7 +95,7 @@ def test_production_without_mongo_uri_refuses_to_start() -> None:
 
 def test_production_with_weak_secret_refuses_to_start(database_uri: str) -> None:
     env = {"APP_ENV": "production", "JWT_SECRET_KEY": "weak", "MONGO_URI": database_uri}
-    server = hypercorn(free_port(), env)
+    server = start_hypercorn(free_port(), env)
     output, _ = server.communicate(timeout=30)
     assert server.returncode == 78
     assert "JWT_SECRET_KEY" in output.decode()
@@ -171,7 +107,7 @@ def test_embedded_database_keeps_data_and_leaves_nothing_behind(tmp_path: Path) 
     credentials = {"username": "persistent", "password": "long enough pw"}
     for attempt in range(2):  # the second start proves no lock or orphan was left
         port = free_port()
-        server = hypercorn(port, env, workers=1)
+        server = start_hypercorn(port, env, workers=1)
         try:
             wait_ready(port, server)
             database_pid = next(
@@ -190,24 +126,11 @@ def test_embedded_database_keeps_data_and_leaves_nothing_behind(tmp_path: Path) 
         assert all_gone({database_pid})
 
 
-def call_with_token(port: int, method: str, path: str, token: str) -> int:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        method=method,
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-
-
 def test_logout_and_login_limits_hold_across_server_processes(server_env: dict[str, str]) -> None:
     """Two servers (as two containers would be) share sessions and counters via MongoDB."""
     env = {**server_env, "LOGIN_FAILURES_PER_USERNAME": "4"}
     ports = [free_port(), free_port()]
-    servers = [hypercorn(port, env, workers=1) for port in ports]
+    servers = [start_hypercorn(port, env, workers=1) for port in ports]
     try:
         for port, server in zip(ports, servers, strict=True):
             wait_ready(port, server)
@@ -216,9 +139,9 @@ def test_logout_and_login_limits_hold_across_server_processes(server_env: dict[s
         assert call(first, "POST", "/api/v1/auth/register", credentials)[0] == 201
         status, tokens = call(second, "POST", "/api/v1/auth/login", credentials)
         assert status == 200
-        assert call_with_token(first, "GET", "/api/v1/auth/me", tokens["access_token"]) == 200
-        assert call_with_token(second, "POST", "/api/v1/auth/logout", tokens["access_token"]) == 204
-        assert call_with_token(first, "GET", "/api/v1/auth/me", tokens["access_token"]) == 401
+        assert call(first, "GET", "/api/v1/auth/me", token=tokens["access_token"])[0] == 200
+        assert call(second, "POST", "/api/v1/auth/logout", token=tokens["access_token"])[0] == 204
+        assert call(first, "GET", "/api/v1/auth/me", token=tokens["access_token"])[0] == 401
 
         wrong = {"username": "shared", "password": "wrong password"}
         for port in [first, second, first, second]:  # four failures, split across servers

@@ -375,3 +375,13 @@ async def test_todos_need_a_token(api: Api) -> None:
         response = await api.client.open(path, method=method)
         assert response.status_code == 401
         assert await problem_code(response) == "token_missing"
+
+
+async def test_unreadable_if_match_tags_match_nothing(api: Api) -> None:
+    headers = await api.headers()
+    todo = await create(api, headers)
+    response = await api.client.delete(
+        f"{TODOS}/{todo['id']}", headers={**headers, "If-Match": '"#\'", ""'}
+    )
+    assert response.status_code == 412
+    assert response.headers["ETag"] == '"1"'

@@ -17,6 +17,7 @@ from ..models.auth import (
     UserOut,
     user_json,
 )
+from ..openapi import problems, response_headers
 from ..security import TokenClaims, current_user, issue_tokens, require_access, require_refresh
 from ..stores import sessions
 from . import no_content
@@ -28,6 +29,7 @@ tag_blueprint(blueprint, ["auth"])
 @blueprint.post("/register")
 @validate_request(Credentials)
 @document_response(UserOut, 201)
+@problems(409, 429)
 async def register(data: Credentials) -> tuple[dict[str, str], int]:
     """Create an account."""
     user = await accounts.register(data.username, data.password)
@@ -37,6 +39,7 @@ async def register(data: Credentials) -> tuple[dict[str, str], int]:
 @blueprint.post("/login")
 @validate_request(LoginBody)
 @document_response(TokenPair, 200)
+@problems(401, 429)
 async def login(data: LoginBody) -> dict[str, Any]:
     """Open a session: an access token and a refresh token."""
     session = await accounts.log_in(data.username, data.password)
@@ -53,6 +56,7 @@ async def refresh(claims: TokenClaims) -> dict[str, Any]:
 
 @blueprint.post("/logout")
 @require_access
+@response_headers(204)
 async def logout() -> Response:
     """Close this session: its tokens are refused from now on."""
     await sessions.close(current_user().session_id)
@@ -71,6 +75,8 @@ async def me() -> dict[str, str]:
 @blueprint.post("/password")
 @require_access
 @validate_request(PasswordChangeBody)
+@response_headers(204)
+@problems(429)
 async def change_password(data: PasswordChangeBody) -> Response:
     """Change the password; every session of the user closes, this one too."""
     await accounts.change_password(current_user(), data.current_password, data.new_password)
@@ -80,6 +86,8 @@ async def change_password(data: PasswordChangeBody) -> Response:
 @blueprint.delete("/me")
 @require_access
 @validate_request(AccountDeletionBody)
+@response_headers(204)
+@problems(429)
 async def delete_me(data: AccountDeletionBody) -> Response:
     """Delete the account with its todos and sessions."""
     await accounts.delete_account(current_user(), data.password)

@@ -61,7 +61,8 @@ def if_match() -> IfMatch | None:
     if "If-Match" not in request.headers:
         return None
     tags = request.if_match
-    versions = frozenset(int(tag) for tag in tags.as_set() if tag.isdigit())
+    # werkzeug yields None for tags it cannot read; such a tag matches nothing.
+    versions = frozenset(int(tag) for tag in tags.as_set() if tag and tag.isdigit())
     return IfMatch(any_version=tags.star_tag, versions=versions)
 
 
@@ -89,7 +90,7 @@ async def create_todo(data: TodoCreate) -> Response:
 @validate_querystring(ListQuery)
 @document_response(TodoPage, 200)
 async def list_todos(query_args: ListQuery) -> Response:
-    """List todos: filter, sort, and page with the opaque ``next_cursor``."""
+    """List todos: filter, sort, and page with the opaque `next_cursor`."""
     todos, next_cursor = await todo_service.list_page(current_user().id, query_args)
     return json_response({"items": [todo_json(todo) for todo in todos], "next_cursor": next_cursor})
 
@@ -99,7 +100,7 @@ async def list_todos(query_args: ListQuery) -> Response:
 @validate_querystring(ClearCompletedQuery)
 @document_response(Deleted, 200)
 async def clear_completed(query_args: ClearCompletedQuery) -> Response:
-    """Delete the caller's completed todos (exactly ``?completed=true``)."""
+    """Delete the caller's completed todos (exactly `?completed=true`)."""
     return json_response({"deleted": await todo_service.clear_completed(current_user().id)})
 
 
@@ -130,7 +131,7 @@ async def get_todo(todo_id: ObjectId) -> Response:
 @response_headers(200, "ETag")
 @problems(412)
 async def update_todo(todo_id: ObjectId, data: TodoPatch) -> Response:
-    """Change any subset of the writable fields; ``due_at: null`` clears the due date."""
+    """Change any subset of the writable fields; `due_at: null` clears the due date."""
     todo = await todo_service.update(current_user().id, todo_id, data.changes(), if_match())
     return todo_response(todo)
 

@@ -1,0 +1,1 @@
+"""Development scripts: fuzzing, the browser check. Never shipped in the image."""

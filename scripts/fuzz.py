@@ -1,0 +1,102 @@
+"""Fuzz the running API with schemathesis, driven by its own OpenAPI document.
+
+Starts the real server (hypercorn, two workers, a fresh embedded database),
+registers a user, and runs schemathesis over every operation with the checks
+for server errors and for status code, content type and response schema
+conformance. Logout and refresh revoke or rotate the token the other
+operations use, so they run in a second pass with their own session.
+Exits non-zero on any finding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from scripts.devserver import call, serving
+
+SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_schema_conformance",
+    ]
+)
+SESSION_OPERATIONS = "^post_(logout|refresh)$"
+# Generous limits: the fuzzer registers and fails logins by the hundred.
+LIMITS = {
+    "REGISTRATIONS_PER_ADDRESS": "1000000",
+    "LOGIN_FAILURES_PER_USERNAME": "1000000",
+    "LOGIN_FAILURES_PER_ADDRESS": "1000000",
+}
+
+
+def session_tokens(port: int, username: str) -> dict[str, str]:
+    credentials = {"username": username, "password": "fuzzing password"}
+    status, _ = call(port, "POST", "/api/v1/auth/register", credentials)
+    assert status == 201, status
+    status, tokens = call(port, "POST", "/api/v1/auth/login", credentials)
+    assert status == 200, status
+    return dict(tokens)
+
+
+def schemathesis(port: int, token: str, examples: int, seed: int, selection: list[str]) -> int:
+    command = [
+        SCHEMATHESIS,
+        "run",
+        f"http://127.0.0.1:{port}/openapi.json",
+        "--checks",
+        CHECKS,
+        "--max-examples",
+        str(examples),
+        "--seed",
+        str(seed),
+        "--header",
+        f"Authorization: Bearer {token}",
+        "--request-timeout",
+        "10",
+        "--no-color",
+        *selection,
+    ]
+    return subprocess.call(command)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=50, help="test cases per operation")
+    parser.add_argument("--seed", type=int, default=20261123)
+    args = parser.parse_args()
+    with serving(LIMITS) as port:
+        main_pass = schemathesis(
+            port,
+            session_tokens(port, "fuzzer")["access_token"],
+            args.examples,
+            args.seed,
+            ["--exclude-operation-id-regex", SESSION_OPERATIONS],
+        )
+        # Refresh takes a refresh token, logout an access token; each its own session.
+        refresh_pass = schemathesis(
+            port,
+            session_tokens(port, "fuzzer2")["refresh_token"],
+            args.examples,
+            args.seed,
+            ["--include-operation-id", "post_refresh"],
+        )
+        logout_pass = schemathesis(
+            port,
+            session_tokens(port, "fuzzer3")["access_token"],
+            args.examples,
+            args.seed,
+            ["--include-operation-id", "post_logout"],
+        )
+    failed = [code for code in (main_pass, refresh_pass, logout_pass) if code != 0]
+    print("fuzzing:", "FAILED" if failed else "no findings")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
