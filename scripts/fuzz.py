@@ -60,6 +60,8 @@ def schemathesis(port: int, token: str, examples: int, seed: int, selection: lis
         "--request-timeout",
         "10",
         "--no-color",
+        "--generation-database",
+        "none",
         *selection,
     ]
     return subprocess.call(command)
