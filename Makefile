@@ -27,9 +27,10 @@ test-motor: $(BIN)/.installed
 test-pymongo: $(BIN)/.installed
 	MONGO_DRIVER=pymongo $(BIN)/pytest -q
 
-## fuzz: schemathesis against the real server, every operation, fixed seed
+## fuzz: schemathesis against the real server, every operation, fixed seed, both drivers
 fuzz: $(BIN)/.installed
-	$(BIN)/python -m scripts.fuzz --examples 50
+	MONGO_DRIVER=motor $(BIN)/python -m scripts.fuzz --examples 50
+	MONGO_DRIVER=pymongo $(BIN)/python -m scripts.fuzz --examples 50
 
 ## browser: /docs in headless Chromium, offline; saves a screenshot
 SCREENSHOT ?= docs/explorer.png
