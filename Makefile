@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test test-motor test-pymongo lint fuzz browser clean
+.PHONY: run test test-motor test-pymongo lint fuzz browser chaos bench clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ SCREENSHOT ?= docs/explorer.png
 browser: $(BIN)/.installed
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m scripts.docs_browser --screenshot $(SCREENSHOT)
+
+## chaos: fault injection (database killed, SIGTERM, hostile clients, contention)
+chaos: $(BIN)/.installed
+	MONGO_DRIVER=motor $(BIN)/pytest -q -m chaos tests/chaos
+	MONGO_DRIVER=pymongo $(BIN)/pytest -q -m chaos tests/chaos
+
+## bench: wrk against the real server; BENCH_ARGS=--quick for a one-minute run
+bench: $(BIN)/.installed
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
 
 ## lint: ruff and mypy
 lint: $(BIN)/.installed

@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,9 +23,31 @@ ROOT = Path(__file__).resolve().parent.parent
 HYPERCORN = str(Path(sys.executable).parent / "hypercorn")
 
 
-def start_hypercorn(port: int, env: dict[str, str], workers: int = 2) -> subprocess.Popen[bytes]:
-    """The Dockerfile's command on a loopback port, output captured."""
-    return subprocess.Popen(
+class ServerProcess(subprocess.Popen[bytes]):
+    """A hypercorn process whose output goes to a file, never to a pipe.
+
+    A pipe nobody drains fills up after 64 KiB of log lines, and then every
+    worker blocks on its next log write; a file never does.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with log_path.open("ab") as log:
+            super().__init__(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_hypercorn(
+    port: int, env: dict[str, str], workers: int = 2, log: Path | None = None
+) -> ServerProcess:
+    """The Dockerfile's command on a loopback port, logging to ``log`` (or a temp file)."""
+    if log is None:
+        handle, name = tempfile.mkstemp(prefix="hypercorn-", suffix=".log")
+        os.close(handle)
+        log = Path(name)
+    return ServerProcess(
         [
             HYPERCORN,
             "--config",
@@ -35,18 +58,23 @@ def start_hypercorn(port: int, env: dict[str, str], workers: int = 2) -> subproc
             str(workers),
             "asgi:app",
         ],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        {**os.environ, **env},
+        log,
     )
 
 
 def call(
-    port: int, method: str, path: str, body: Any = None, token: str | None = None
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """One JSON request; returns (status, parsed body or None)."""
-    headers = {"Content-Type": "application/json"} if body is not None else {}
+    headers = dict(headers or {})
+    if body is not None:
+        headers["Content-Type"] = "application/json"
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(
@@ -56,18 +84,17 @@ def call(
         headers=headers,
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
 
 
-def wait_ready(port: int, server: subprocess.Popen[bytes], seconds: float = 30) -> None:
+def wait_ready(port: int, server: ServerProcess, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            output = server.stdout.read().decode() if server.stdout else ""
-            raise RuntimeError(f"server exited with {server.returncode}:\n{output}")
+            raise RuntimeError(f"server exited with {server.returncode}:\n{server.output()}")
         try:
             if call(port, "GET", "/readyz")[0] == 200:
                 return
@@ -77,12 +104,12 @@ def wait_ready(port: int, server: subprocess.Popen[bytes], seconds: float = 30) 
     raise RuntimeError("server did not become ready")
 
 
-def stop(server: subprocess.Popen[bytes]) -> str:
+def stop(server: ServerProcess) -> str:
     """SIGTERM, wait for exit, return what it printed."""
     if server.poll() is None:
         server.send_signal(signal.SIGTERM)
-    output, _ = server.communicate(timeout=30)
-    return output.decode()
+    server.wait(timeout=30)
+    return server.output()
 
 
 @contextmanager

@@ -87,19 +87,19 @@ def test_two_workers_serve_and_stop_cleanly_on_sigterm(server_env: dict[str, str
 def test_production_without_mongo_uri_refuses_to_start() -> None:
     env = {"APP_ENV": "production", "JWT_SECRET_KEY": STRONG_SECRET, "MONGO_URI": ""}
     server = start_hypercorn(free_port(), env)
-    output, _ = server.communicate(timeout=30)
+    server.wait(timeout=30)
     assert server.returncode == 78
-    assert "MONGO_URI" in output.decode()
-    assert "Running on" not in output.decode()
+    assert "MONGO_URI" in server.output()
+    assert "Running on" not in server.output()
 
 
 def test_production_with_weak_secret_refuses_to_start(database_uri: str) -> None:
     env = {"APP_ENV": "production", "JWT_SECRET_KEY": "weak", "MONGO_URI": database_uri}
     server = start_hypercorn(free_port(), env)
-    output, _ = server.communicate(timeout=30)
+    server.wait(timeout=30)
     assert server.returncode == 78
-    assert "JWT_SECRET_KEY" in output.decode()
-    assert "Running on" not in output.decode()
+    assert "JWT_SECRET_KEY" in server.output()
+    assert "Running on" not in server.output()
 
 
 def test_embedded_database_keeps_data_and_leaves_nothing_behind(tmp_path: Path) -> None:
