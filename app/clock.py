@@ -38,4 +38,7 @@ def parse_timestamp(text: str) -> datetime:
     if fraction:  # fromisoformat takes at most 6 digits; keep the first 3
         text = text.replace(fraction.group(0), "." + fraction.group(1)[:3].ljust(3, "0"), 1)
     moment = datetime.fromisoformat(text.upper())
-    return truncate_ms(moment.astimezone(UTC))
+    try:
+        return truncate_ms(moment.astimezone(UTC))
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValueError("is outside the years 0001 to 9999 in UTC") from None

@@ -385,3 +385,22 @@ async def test_unreadable_if_match_tags_match_nothing(api: Api) -> None:
     )
     assert response.status_code == 412
     assert response.headers["ETag"] == '"1"'
+
+
+@pytest.mark.parametrize(
+    "due_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "9999-12-31T23:59:59.999Z"]
+)
+async def test_due_dates_outside_the_range_are_422(api: Api, due_at: str) -> None:
+    response = await api.client.post(
+        TODOS, json={"title": "edge", "due_at": due_at}, headers=await api.headers()
+    )
+    assert response.status_code == 422
+    assert ["body", "due_at"] in [e["loc"] for e in (await response.get_json())["errors"]]
+
+
+async def test_the_latest_due_date_still_sorts_before_no_due_date(api: Api) -> None:
+    headers = await api.headers()
+    undated = await create(api, headers)
+    latest = await create(api, headers, due_at="9999-12-31T23:59:59.998Z")
+    page = await (await api.client.get(f"{TODOS}?sort=due_at", headers=headers)).get_json()
+    assert [t["id"] for t in page["items"]] == [latest["id"], undated["id"]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -45,10 +45,16 @@ def _distinct_tags(tags: list[str]) -> list[str]:
     return distinct
 
 
+LATEST_TIMESTAMP = datetime(9999, 12, 31, 23, 59, 59, 998000, tzinfo=UTC)
+
+
 def _timestamp(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp string")
-    return parse_timestamp(value)
+    moment = parse_timestamp(value)
+    if moment > LATEST_TIMESTAMP:  # the last millisecond stands for "no due date"
+        raise ValueError("must be before 9999-12-31T23:59:59.999Z")
+    return moment
 
 
 Title = Annotated[str, AfterValidator(_trimmed_title), Field(examples=["Buy milk"])]

@@ -19,7 +19,8 @@ from ..extensions import mongo
 
 Todo = dict[str, Any]
 
-NO_DUE_DATE = datetime(9999, 12, 31, tzinfo=UTC)
+#: Later than any accepted due date (the models refuse this last millisecond).
+NO_DUE_DATE = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
 SORT_FIELDS = {"created_at": "created_at", "updated_at": "updated_at", "due_at": "due_key"}
 
 
