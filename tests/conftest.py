@@ -35,13 +35,15 @@ def database_uri() -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(database_uri: str) -> dict[str, Any]:
-    """Config for this test's app; tests may change it before ``app`` is built."""
+def settings(database_uri: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config for this test's app, with a ``@pytest.mark.settings(NAME=value)`` applied."""
+    marker = request.node.get_closest_marker("settings")
     return {
         "APP_ENV": "testing",
         "MONGO_URI": database_uri,
         "MONGO_DB": f"test_{uuid.uuid4().hex[:16]}",
         "MONGO_DRIVER": os.environ.get("MONGO_DRIVER", "motor"),
+        **(marker.kwargs if marker else {}),
     }
 
 

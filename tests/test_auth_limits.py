@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Quart
+import pytest
 
-from app import create_app
 from tests.conftest import PASSWORD, Api, bearer
 from tests.test_auth import problem
 
@@ -48,50 +47,41 @@ async def test_unknown_usernames_are_limited_the_same_way(api: Api) -> None:
     await problem(await fail_login(api, "someone-else"), 401, "invalid_credentials")
 
 
-async def test_a_success_does_not_reset_the_window(settings: dict[str, Any]) -> None:
-    settings["LOGIN_FAILURES_PER_USERNAME"] = 3
-    app = await create_app(settings)
-    async with app.test_app():
-        api = Api(app.test_client())
-        await api.register("alice")
-        for _ in range(2):
-            await fail_login(api, "alice")
-        await api.login("alice")
+@pytest.mark.settings(LOGIN_FAILURES_PER_USERNAME=3)
+async def test_a_success_does_not_reset_the_window(api: Api) -> None:
+    await api.register("alice")
+    for _ in range(2):
         await fail_login(api, "alice")
-        await problem(await fail_login(api, "alice"), 429, "rate_limited")
+    await api.login("alice")
+    await fail_login(api, "alice")
+    await problem(await fail_login(api, "alice"), 429, "rate_limited")
 
 
-async def test_wrong_current_password_counts_as_a_failed_login(settings: dict[str, Any]) -> None:
-    settings["LOGIN_FAILURES_PER_USERNAME"] = 2
-    app = await create_app(settings)
-    async with app.test_app():
-        api = Api(app.test_client())
-        headers = bearer((await api.user_tokens("alice"))["access_token"])
-        wrong = {"current_password": "not the one", "new_password": "brand new pw"}
-        await problem(
-            await api.client.post(f"{AUTH}/password", json=wrong, headers=headers),
-            401,
-            "invalid_credentials",
-        )
-        await problem(
-            await api.client.delete(f"{AUTH}/me", json={"password": "nope nope"}, headers=headers),
-            401,
-            "invalid_credentials",
-        )
-        response = await api.client.post(
-            f"{AUTH}/login", json={"username": "alice", "password": PASSWORD}
-        )
-        await problem(response, 429, "rate_limited")
+@pytest.mark.settings(LOGIN_FAILURES_PER_USERNAME=2)
+async def test_wrong_current_password_counts_as_a_failed_login(api: Api) -> None:
+    headers = bearer((await api.user_tokens("alice"))["access_token"])
+    wrong = {"current_password": "not the one", "new_password": "brand new pw"}
+    await problem(
+        await api.client.post(f"{AUTH}/password", json=wrong, headers=headers),
+        401,
+        "invalid_credentials",
+    )
+    await problem(
+        await api.client.delete(f"{AUTH}/me", json={"password": "nope nope"}, headers=headers),
+        401,
+        "invalid_credentials",
+    )
+    response = await api.client.post(
+        f"{AUTH}/login", json={"username": "alice", "password": PASSWORD}
+    )
+    await problem(response, 429, "rate_limited")
 
 
-async def test_failures_per_address(settings: dict[str, Any]) -> None:
-    settings["LOGIN_FAILURES_PER_ADDRESS"] = 3
-    app = await create_app(settings)
-    async with app.test_app():
-        api = Api(app.test_client())
-        for name in ["a1", "a2", "a3"]:
-            await problem(await fail_login(api, name), 401, "invalid_credentials")
-        await problem(await fail_login(api, "a4"), 429, "rate_limited")
+@pytest.mark.settings(LOGIN_FAILURES_PER_ADDRESS=3)
+async def test_failures_per_address(api: Api) -> None:
+    for name in ["a1", "a2", "a3"]:
+        await problem(await fail_login(api, name), 401, "invalid_credentials")
+    await problem(await fail_login(api, "a4"), 429, "rate_limited")
 
 
 async def register(api: Api, username: str, **headers: str) -> Any:
@@ -111,27 +101,17 @@ async def test_the_21st_registration_per_address_is_429(api: Api) -> None:
     assert 1 <= retry_after(response) <= 3600
 
 
-async def proxied_app(settings: dict[str, Any], proxies: int) -> Quart:
-    settings["REGISTRATIONS_PER_ADDRESS"] = 1
-    settings["TRUSTED_PROXY_COUNT"] = proxies
-    return await create_app(settings)
+@pytest.mark.settings(REGISTRATIONS_PER_ADDRESS=1)
+async def test_forwarded_for_is_ignored_without_trusted_proxies(api: Api) -> None:
+    assert (await register(api, "one", **{"X-Forwarded-For": "203.0.113.1"})).status_code == 201
+    spoofed = await register(api, "two", **{"X-Forwarded-For": "203.0.113.2"})
+    assert spoofed.status_code == 429
 
 
-async def test_forwarded_for_is_ignored_without_trusted_proxies(settings: dict[str, Any]) -> None:
-    app = await proxied_app(settings, proxies=0)
-    async with app.test_app():
-        api = Api(app.test_client())
-        assert (await register(api, "one", **{"X-Forwarded-For": "203.0.113.1"})).status_code == 201
-        spoofed = await register(api, "two", **{"X-Forwarded-For": "203.0.113.2"})
-        assert spoofed.status_code == 429
-
-
-async def test_forwarded_for_is_honoured_behind_a_trusted_proxy(settings: dict[str, Any]) -> None:
-    app = await proxied_app(settings, proxies=1)
-    async with app.test_app():
-        api = Api(app.test_client())
-        assert (await register(api, "one", **{"X-Forwarded-For": "203.0.113.1"})).status_code == 201
-        other = await register(api, "two", **{"X-Forwarded-For": "6.6.6.6, 203.0.113.2"})
-        assert other.status_code == 201
-        same = await register(api, "three", **{"X-Forwarded-For": "203.0.113.1"})
-        assert same.status_code == 429
+@pytest.mark.settings(REGISTRATIONS_PER_ADDRESS=1, TRUSTED_PROXY_COUNT=1)
+async def test_forwarded_for_is_honoured_behind_a_trusted_proxy(api: Api) -> None:
+    assert (await register(api, "one", **{"X-Forwarded-For": "203.0.113.1"})).status_code == 201
+    other = await register(api, "two", **{"X-Forwarded-For": "6.6.6.6, 203.0.113.2"})
+    assert other.status_code == 201
+    same = await register(api, "three", **{"X-Forwarded-For": "203.0.113.1"})
+    assert same.status_code == 429

@@ -164,16 +164,11 @@ async def test_logout_needs_an_access_token(api: Api) -> None:
     await problem(response, 401, "token_wrong_type")
 
 
-async def test_token_lifetimes_are_configurable(settings: dict[str, Any]) -> None:
-    from app import create_app
-
-    settings["JWT_ACCESS_TOKEN_EXPIRES"] = 60
-    app = await create_app(settings)
-    async with app.test_app():
-        api = Api(app.test_client())
-        tokens = await api.user_tokens()
-        claims = claims_of(tokens["access_token"])
-        assert tokens["expires_in"] == 60
-        assert claims["exp"] - claims["iat"] == 60
-        refresh_claims = claims_of(tokens["refresh_token"])
-        assert refresh_claims["exp"] - refresh_claims["iat"] == 30 * 24 * 3600
+@pytest.mark.settings(JWT_ACCESS_TOKEN_EXPIRES=60)
+async def test_token_lifetimes_are_configurable(api: Api) -> None:
+    tokens = await api.user_tokens()
+    claims = claims_of(tokens["access_token"])
+    assert tokens["expires_in"] == 60
+    assert claims["exp"] - claims["iat"] == 60
+    refresh_claims = claims_of(tokens["refresh_token"])
+    assert refresh_claims["exp"] - refresh_claims["iat"] == 30 * 24 * 3600

@@ -17,26 +17,23 @@ async def test_cors_is_off_by_default(client: Any) -> None:
     assert "Access-Control-Allow-Origin" not in response.headers
 
 
-async def test_cors_allows_configured_origins(settings: dict[str, Any]) -> None:
-    settings["CORS_ORIGINS"] = "https://app.example, https://admin.example"
-    app = await create_app(settings)
-    async with app.test_app():
-        client = app.test_client()
-        allowed = await client.get("/healthz", headers={"Origin": "https://app.example"})
-        assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example"
-        assert "X-Request-ID" in allowed.headers["Access-Control-Expose-Headers"]
-        preflight = await client.options(
-            "/api/v1/todos",
-            headers={
-                "Origin": "https://admin.example",
-                "Access-Control-Request-Method": "PATCH",
-                "Access-Control-Request-Headers": "authorization, if-match",
-            },
-        )
-        assert preflight.headers["Access-Control-Allow-Origin"] == "https://admin.example"
-        assert "PATCH" in preflight.headers["Access-Control-Allow-Methods"]
-        other = await client.get("/healthz", headers={"Origin": "https://evil.example"})
-        assert "Access-Control-Allow-Origin" not in other.headers
+@pytest.mark.settings(CORS_ORIGINS="https://app.example, https://admin.example")
+async def test_cors_allows_configured_origins(client: Any) -> None:
+    allowed = await client.get("/healthz", headers={"Origin": "https://app.example"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "X-Request-ID" in allowed.headers["Access-Control-Expose-Headers"]
+    preflight = await client.options(
+        "/api/v1/todos",
+        headers={
+            "Origin": "https://admin.example",
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "authorization, if-match",
+        },
+    )
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://admin.example"
+    assert "PATCH" in preflight.headers["Access-Control-Allow-Methods"]
+    other = await client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
 
 
 def test_json_log_lines_carry_extra_fields() -> None:
