@@ -55,10 +55,6 @@ def current_user() -> CurrentUser:
     return user
 
 
-def access_lifetime() -> timedelta:
-    return timedelta(seconds=current_app.config["JWT_ACCESS_TOKEN_EXPIRES"])
-
-
 def refresh_lifetime() -> timedelta:
     return timedelta(seconds=current_app.config["JWT_REFRESH_TOKEN_EXPIRES"])
 

@@ -81,21 +81,20 @@ def main() -> int:
             ["--exclude-operation-id-regex", SESSION_OPERATIONS],
         )
         # Refresh takes a refresh token, logout an access token; each its own session.
-        refresh_pass = schemathesis(
-            port,
-            session_tokens(port, "fuzzer2")["refresh_token"],
-            args.examples,
-            args.seed,
-            ["--include-operation-id", "post_refresh"],
-        )
-        logout_pass = schemathesis(
-            port,
-            session_tokens(port, "fuzzer3")["access_token"],
-            args.examples,
-            args.seed,
-            ["--include-operation-id", "post_logout"],
-        )
-    failed = [code for code in (main_pass, refresh_pass, logout_pass) if code != 0]
+        session_passes = [
+            schemathesis(
+                port,
+                session_tokens(port, username)[kind],
+                args.examples,
+                args.seed,
+                ["--include-operation-id", operation],
+            )
+            for username, kind, operation in [
+                ("fuzzer2", "refresh_token", "post_refresh"),
+                ("fuzzer3", "access_token", "post_logout"),
+            ]
+        ]
+    failed = [code for code in (main_pass, *session_passes) if code != 0]
     print("fuzzing:", "FAILED" if failed else "no findings")
     return 1 if failed else 0
 
