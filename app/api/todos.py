@@ -8,7 +8,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from bson import ObjectId
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, request, url_for
 from quart_schema import (
     document_response,
     tag_blueprint,
@@ -37,6 +37,11 @@ blueprint = Blueprint("todos", __name__)
 tag_blueprint(blueprint, ["todos"])
 
 OBJECT_ID = re.compile(r"[0-9a-f]{24}")
+# RFC 9110 section 8.8.3: an entity tag is quoted; list elements are split on
+# commas outside quotes. Our tags are versions: decimal, no leading zero.
+ENTITY_TAG = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
+LIST_ELEMENT = re.compile(r'(?:[^,"]|"[^"]*")+')
+VERSION = re.compile(r"[1-9][0-9]*")
 R = TypeVar("R")
 
 
@@ -56,17 +61,52 @@ def with_todo_id(view: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R
     return wrapper
 
 
+def _entity_tags(header: str) -> list[tuple[bool, str]]:
+    """The (weak, opaque tag) pairs of a conditional header's well-formed tags.
+
+    Werkzeug's parser also takes unquoted tokens (``If-Match: 1``); here a
+    malformed element matches nothing instead of being guessed at.
+    """
+    tags = []
+    for element in LIST_ELEMENT.findall(header):
+        match = ENTITY_TAG.fullmatch(element.strip(" \t"))
+        if match is not None:
+            tags.append((match.group(1) is not None, match.group(2)))
+    return tags
+
+
+def _header(name: str) -> str | None:
+    """A list header as one value (repeated header lines combine), or None if absent."""
+    values = request.headers.getlist(name)
+    return ", ".join(values) if values else None
+
+
 def if_match() -> IfMatch | None:
     """The request's If-Match as a precondition (strong comparison), if it has one."""
-    if "If-Match" not in request.headers:
+    header = _header("If-Match")
+    if header is None:
         return None
-    tags = request.if_match
-    # werkzeug yields None for tags it cannot read; such a tag matches nothing.
-    versions = frozenset(int(tag) for tag in tags.as_set() if tag and tag.isdigit())
-    return IfMatch(any_version=tags.star_tag, versions=versions)
+    if header.strip(" \t") == "*":
+        return IfMatch(any_version=True, versions=frozenset())
+    # Strong comparison is exact: W/"1" and "01" never match version 1.
+    versions = frozenset(
+        int(tag) for weak, tag in _entity_tags(header) if not weak and VERSION.fullmatch(tag)
+    )
+    return IfMatch(any_version=False, versions=versions)
+
+
+def if_none_match(version: int) -> bool:
+    """True when If-None-Match names ``version`` (weak comparison) or is ``*``."""
+    header = _header("If-None-Match")
+    if header is None:
+        return False
+    if header.strip(" \t") == "*":
+        return True
+    return any(tag == str(version) for _, tag in _entity_tags(header))
 
 
 def todo_response(todo: dict[str, Any], status: int = 200) -> Response:
+    """The todo as JSON with its ETag: every response showing a todo carries one."""
     response = json_response(todo_json(todo), status)
     response.headers["ETag"] = etag(todo["version"])
     return response
@@ -81,7 +121,7 @@ async def create_todo(data: TodoCreate) -> Response:
     """Create a todo."""
     todo = await todo_service.create(current_user().id, data)
     response = todo_response(todo, 201)
-    response.headers["Location"] = f"{blueprint.url_prefix or '/api/v1/todos'}/{todo['_id']}"
+    response.headers["Location"] = url_for("todos.get_todo", todo_id=str(todo["_id"]))
     return response
 
 
@@ -114,7 +154,7 @@ async def clear_completed(query_args: ClearCompletedQuery) -> Response:
 async def get_todo(todo_id: ObjectId) -> Response:
     """Get one todo; 304 when If-None-Match names its current version."""
     todo = await todo_service.get(current_user().id, todo_id)
-    if request.if_none_match.contains_weak(str(todo["version"])):
+    if if_none_match(todo["version"]):
         response = Response(b"", status=304)
         del response.headers["Content-Type"]
         response.headers["ETag"] = etag(todo["version"])

@@ -70,6 +70,8 @@ Timestamp = Annotated[
 
 
 class TodoCreate(StrictBody):
+    """A new todo: ``title`` is required, the other writable fields have defaults."""
+
     title: Title
     notes: Notes = ""
     completed: bool = False
@@ -119,6 +121,7 @@ class TodoPatch(StrictBody):
 
 
 def _limit(value: Any) -> int:
+    """A plain decimal: pydantic's int parsing would take ``+5``, `` 5`` and ``5.0``."""
     if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,3}", value):
         raise ValueError("must be a whole number from 1 to 100")
     if not 1 <= int(value) <= 100:
@@ -160,6 +163,8 @@ class ClearCompletedQuery(BaseModel):
 
 
 class Todo(BaseModel):
+    """A todo as clients see it; `ETag` carries its version."""
+
     id: str = Field(pattern=r"^[0-9a-f]{24}$")
     title: str
     notes: str
@@ -174,6 +179,8 @@ class Todo(BaseModel):
 
 
 class TodoPage(BaseModel):
+    """One page of a listing."""
+
     items: list[Todo]
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end"
@@ -181,6 +188,8 @@ class TodoPage(BaseModel):
 
 
 class Deleted(BaseModel):
+    """How many todos a bulk delete removed."""
+
     deleted: int
 
 

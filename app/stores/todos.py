@@ -13,11 +13,15 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import OperationFailure
 
 from ..db import sort_index_name
 from ..extensions import mongo
 
 Todo = dict[str, Any]
+
+#: The server's error for a hint naming no existing index (MongoDB and SecantusDB alike).
+BAD_VALUE = 2
 
 #: Later than any accepted due date (the models refuse this last millisecond).
 NO_DUE_DATE = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
@@ -29,6 +33,7 @@ def _todos() -> Any:
 
 
 def due_key(due_at: datetime | None) -> datetime:
+    """The stored sort key of ``due_at``: null is the greatest value (contract rule 35)."""
     return NO_DUE_DATE if due_at is None else due_at
 
 
@@ -140,5 +145,18 @@ async def page(
 ) -> list[Todo]:
     """Up to ``limit`` todos after the ``after`` position, in ``sort`` order."""
     query, order, index = list_query(owner, filters, sort, after)
+    try:
+        return await _fetch(query, order, index, limit)
+    except OperationFailure as error:
+        if error.code != BAD_VALUE:
+            raise
+        # The index is not there (yet): after a start without the database the
+        # indexes are built in the background. Same page, only slower.
+        return await _fetch(query, order, None, limit)
+
+
+async def _fetch(
+    query: dict[str, Any], order: list[tuple[str, int]], index: str | None, limit: int
+) -> list[Todo]:
     cursor = _todos().find(query).sort(order).hint(index).limit(limit)
     return [todo async for todo in cursor]
