@@ -26,6 +26,7 @@ CHECKS = ",".join(
         "response_schema_conformance",
     ]
 )
+RUN_TIMEOUT_SECONDS = 600
 SESSION_OPERATIONS = "^post_(logout|refresh)$"
 # Generous limits: the fuzzer registers and fails logins by the hundred.
 LIMITS = {
@@ -64,7 +65,8 @@ def schemathesis(port: int, token: str, examples: int, seed: int, selection: lis
         "none",
         *selection,
     ]
-    return subprocess.call(command)
+    # Bounded: a hung run fails CI instead of eating its time.
+    return subprocess.call(command, timeout=RUN_TIMEOUT_SECONDS)
 
 
 def main() -> int:
