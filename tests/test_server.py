@@ -7,6 +7,7 @@ refusal, the embedded database's lifecycle and a clean SIGTERM.
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -151,3 +152,26 @@ def test_logout_and_login_limits_hold_across_server_processes(server_env: dict[s
     finally:
         for server in servers:
             stop(server)
+
+
+def test_chunked_body_over_the_limit_is_413(server_env: dict[str, str]) -> None:
+    """Judged by counting when there is no Content-Length, before auth and routing."""
+    port = free_port()
+    server = start_hypercorn(port, server_env, workers=1)
+    try:
+        wait_ready(port, server)
+        body = b"{" + b" " * 70_000 + b"}"
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(body[i : i + 8192]), body[i : i + 8192])
+            for i in range(0, len(body), 8192)
+        )
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            connection.sendall(
+                b"POST /api/v1/todos HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+            )
+            reply = connection.recv(4096)
+    finally:
+        stop(server)
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert b"application/problem+json" in reply and b"payload_too_large" in reply
