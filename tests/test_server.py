@@ -7,6 +7,7 @@ refusal, the embedded database's lifecycle and a clean SIGTERM.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import uuid
@@ -154,6 +155,20 @@ def test_logout_and_login_limits_hold_across_server_processes(server_env: dict[s
             stop(server)
 
 
+def read_response(connection: socket.socket) -> bytes:
+    """One whole HTTP/1.1 response with a Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += connection.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    declared = re.search(rb"content-length: (\d+)", head, re.IGNORECASE)
+    assert declared is not None, head
+    length = int(declared.group(1))
+    while len(body) < length:
+        body += connection.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
 def test_chunked_body_over_the_limit_is_413(server_env: dict[str, str]) -> None:
     """Judged by counting when there is no Content-Length, before auth and routing."""
     port = free_port()
@@ -170,7 +185,7 @@ def test_chunked_body_over_the_limit_is_413(server_env: dict[str, str]) -> None:
                 b"POST /api/v1/todos HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
             )
-            reply = connection.recv(4096)
+            reply = read_response(connection)
     finally:
         stop(server)
     assert reply.startswith(b"HTTP/1.1 413")
