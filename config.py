@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import runpy
+import secrets
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,8 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_INSTANCE_PATH = PROJECT_ROOT / "instance"
 
-#: Secrets shipped in this repository for development and tests: production
-#: refuses every one of them.
+#: Secrets ever shipped in this repository (the testing one still is):
+#: production refuses every one of them.
 DEVELOPMENT_SECRETS = frozenset(
     {
         "dev-secret-key-change-me-0123456789abcdef",
@@ -31,6 +33,30 @@ DEVELOPMENT_SECRETS = frozenset(
     }
 )
 MIN_SECRET_BYTES = 32
+MIN_SECRET_DISTINCT_CHARACTERS = 10
+#: Where development keeps its generated JWT secret, inside the instance folder.
+INSTANCE_SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name)
+#: OWASP's argon2id minimums (Password Storage Cheat Sheet): (memory KiB, time cost)
+#: pairs of equal strength; a configuration must reach one of them.
+OWASP_ARGON2_MINIMUMS = ((47104, 1), (19456, 2), (12288, 3), (9216, 4), (7168, 5))
+#: Settings that are lifetimes or limits: a zero or negative value is refused
+#: everywhere (a zero token lifetime would issue tokens that never expire).
+POSITIVE_SETTINGS = (
+    "JWT_ACCESS_TOKEN_EXPIRES",
+    "JWT_REFRESH_TOKEN_EXPIRES",
+    "LOGIN_ATTEMPTS_PER_ADDRESS",
+    "LOGIN_ATTEMPT_WINDOW_SECONDS",
+    "LOGIN_FAILURES_PER_USERNAME_AND_ADDRESS",
+    "LOGIN_FAILURES_PER_USERNAME",
+    "LOGIN_FAILURES_PER_ADDRESS",
+    "LOGIN_FAILURE_WINDOW_SECONDS",
+    "REAUTH_FAILURES_PER_SESSION",
+    "REGISTRATIONS_PER_ADDRESS",
+    "REGISTRATION_WINDOW_SECONDS",
+    "SESSIONS_PER_USER",
+    "TODOS_PER_USER",
+    "MAX_CONTENT_LENGTH",
+)
 
 
 class BaseConfig:
@@ -44,22 +70,30 @@ class BaseConfig:
     MONGO_SERVER_SELECTION_TIMEOUT_MS = 2000
     MONGO_OPERATION_TIMEOUT_MS = 2500
     EMBEDDED_DB_PATH = ""  # default: <instance>/secantus-data
-    # Tokens and sessions.
+    # Tokens and sessions. No JWT_SECRET_KEY in development: one is generated
+    # into the instance folder.
     JWT_SECRET_KEY: str | None = None
     JWT_IDENTITY_CLAIM = "sub"
     JWT_ACCESS_TOKEN_EXPIRES = 900  # seconds
     JWT_REFRESH_TOKEN_EXPIRES = 30 * 24 * 3600  # seconds
+    SESSIONS_PER_USER = 50  # opening one more closes the least recently refreshed
     # Password hashing (argon2id).
     ARGON2_TIME_COST = 3
     ARGON2_MEMORY_COST = 65536  # KiB
     ARGON2_PARALLELISM = 4
     # Rate limits (counted in MongoDB, shared by every worker).
-    LOGIN_FAILURES_PER_USERNAME = 10
-    LOGIN_FAILURES_PER_ADDRESS = 100
+    LOGIN_ATTEMPTS_PER_ADDRESS = 30  # any outcome: each costs a password hash
+    LOGIN_ATTEMPT_WINDOW_SECONDS = 60
+    LOGIN_FAILURES_PER_USERNAME_AND_ADDRESS = 10
+    LOGIN_FAILURES_PER_USERNAME = 200  # across addresses: distributed guessing
+    LOGIN_FAILURES_PER_ADDRESS = 100  # across usernames: spraying
     LOGIN_FAILURE_WINDOW_SECONDS = 900
+    REAUTH_FAILURES_PER_SESSION = 10  # wrong passwords on /auth/password, DELETE /auth/me
     REGISTRATIONS_PER_ADDRESS = 20
     REGISTRATION_WINDOW_SECONDS = 3600
     TRUSTED_PROXY_COUNT = 0
+    # Storage quota (request rates belong to the proxy in front).
+    TODOS_PER_USER = 10_000
     # HTTP.
     MAX_CONTENT_LENGTH = 65536
     CORS_ORIGINS = ""  # comma-separated origins; empty: no CORS headers
@@ -71,7 +105,6 @@ class BaseConfig:
 
 class DevelopmentConfig(BaseConfig):
     APP_ENV = "development"
-    JWT_SECRET_KEY = "dev-secret-key-change-me-0123456789abcdef"  # noqa: S105 (refused in production)
     LOG_LEVEL = "DEBUG"
 
 
@@ -154,7 +187,34 @@ def load_settings(
         settings["EMBEDDED_DB_PATH"] = str(instance_path / "secantus-data")
     if settings["MONGO_DRIVER"] not in {"motor", "pymongo"}:
         raise ConfigError("MONGO_DRIVER must be 'motor' or 'pymongo'")
+    for key in POSITIVE_SETTINGS:
+        if not isinstance(settings[key], int) or settings[key] <= 0:
+            raise ConfigError(f"{key} must be a positive integer, got {settings[key]!r}")
+    if app_env == "development" and not settings["JWT_SECRET_KEY"]:
+        settings["JWT_SECRET_KEY"] = instance_secret(instance_path)
     return settings
+
+
+def instance_secret(instance_path: Path) -> str:
+    """This instance's development JWT secret, generated on first use (never committed).
+
+    Like Flask's instance secrets: random per checkout, so no server started
+    without configuration trusts a published key. Created atomically (write
+    a temporary file, then link it into place), so workers starting together
+    agree on one secret.
+    """
+    path = instance_path / INSTANCE_SECRET_FILE
+    if not path.is_file():
+        instance_path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=instance_path, delete=False) as draft:
+            draft.write(secrets.token_hex(32))
+        try:
+            os.link(draft.name, path)
+        except FileExistsError:
+            pass  # another process won the race: use its secret
+        finally:
+            os.unlink(draft.name)
+    return path.read_text().strip()
 
 
 def check_production_settings(settings: Mapping[str, Any]) -> None:
@@ -166,7 +226,24 @@ def check_production_settings(settings: Mapping[str, Any]) -> None:
     secret = settings.get("JWT_SECRET_KEY") or ""
     if not secret:
         raise ConfigError("JWT_SECRET_KEY is required in production")
+    if secret != secret.strip():
+        raise ConfigError("JWT_SECRET_KEY has surrounding whitespace")
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise ConfigError(f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes")
     if secret in DEVELOPMENT_SECRETS:
         raise ConfigError("JWT_SECRET_KEY is a development value; generate a new secret")
+    if len(set(secret)) < MIN_SECRET_DISTINCT_CHARACTERS:
+        raise ConfigError(
+            "JWT_SECRET_KEY is not random enough; generate one, e.g. `openssl rand -hex 32`"
+        )
+    memory, time_cost = settings["ARGON2_MEMORY_COST"], settings["ARGON2_TIME_COST"]
+    if not any(memory >= m and time_cost >= t for m, t in OWASP_ARGON2_MINIMUMS):
+        raise ConfigError(
+            "ARGON2_MEMORY_COST/ARGON2_TIME_COST are below OWASP's minimum "
+            "(e.g. 19456 KiB with time cost 2)"
+        )
+    if settings["ARGON2_PARALLELISM"] < 1:
+        raise ConfigError("ARGON2_PARALLELISM must be at least 1")
+    origins = [origin.strip() for origin in settings["CORS_ORIGINS"].split(",")]
+    if "*" in origins:
+        raise ConfigError("CORS_ORIGINS must list origins; '*' is refused in production")

@@ -18,7 +18,10 @@ from app.serving import prepare_to_serve
 
 prepare_to_serve()
 
-bind = [os.environ.get("BIND", "0.0.0.0:8000")]
+# Loopback unless told otherwise: only production (the container, which also
+# sets BIND) listens on every interface by default.
+_DEFAULT_BIND = "0.0.0.0:8000" if os.environ.get("APP_ENV") == "production" else "127.0.0.1:8000"
+bind = [os.environ.get("BIND") or _DEFAULT_BIND]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "uvloop"
 # The app writes its own access log line (with the request id); hypercorn's is off.

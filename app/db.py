@@ -33,7 +33,9 @@ def sort_index_name(field: str, direction: int) -> str:
 INDEXES: dict[str, list[IndexModel]] = {
     "users": [IndexModel([("username_key", ASCENDING)], unique=True, name="username_key_unique")],
     "sessions": [
-        IndexModel([("user_id", ASCENDING)], name="user_id"),
+        IndexModel(
+            [("user_id", ASCENDING), ("refreshed_at", DESCENDING)], name="user_id_refreshed_at"
+        ),
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl"),
     ],
     "rate_limits": [

@@ -21,6 +21,7 @@ access_logger = logging.getLogger("app.access")
 
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
+API_PREFIX = "/api/"
 EXPOSED_HEADERS = ["ETag", "Location", "Retry-After", "X-Request-ID", "WWW-Authenticate"]
 
 
@@ -51,6 +52,15 @@ async def check_body() -> None:
         ) from None
 
 
+def _cache_policy(response: Response) -> str:
+    """What caches may keep of an API response: a user's data never goes to a shared
+    cache. A todo with an ETag may be kept privately and revalidated (304s); tokens,
+    lists and errors are not stored at all (RFC 6749 section 5.1 for tokens)."""
+    if response.status_code in {200, 304} and "ETag" in response.headers:
+        return "private, no-cache"
+    return "no-store"
+
+
 async def finish_response(response: Response) -> Response:
     """Add the request id and security headers, and write the access log line."""
     request_id = g.get("request_id", "")
@@ -59,6 +69,8 @@ async def finish_response(response: Response) -> Response:
     response.headers["Referrer-Policy"] = "no-referrer"
     if response.mimetype in {"application/json", PROBLEM_CONTENT_TYPE}:
         response.headers.setdefault("Content-Security-Policy", JSON_CSP)
+    if request.path.startswith(API_PREFIX) and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = _cache_policy(response)
     duration_ms = round((time.perf_counter() - g.get("started_at", time.perf_counter())) * 1000, 2)
     access_logger.info(
         "%s %s %s %.2fms request_id=%s",

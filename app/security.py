@@ -46,7 +46,7 @@ class CurrentUser:
     id: ObjectId
     username: str
     created_at: datetime
-    session_id: ObjectId
+    session_id: str
 
 
 def current_user() -> CurrentUser:
@@ -59,13 +59,25 @@ def refresh_lifetime() -> timedelta:
     return timedelta(seconds=current_app.config["JWT_REFRESH_TOKEN_EXPIRES"])
 
 
-def issue_tokens(session_id: ObjectId, user_id: ObjectId, generation: int) -> dict[str, Any]:
-    """The login/refresh response body for a session's current generation."""
+def access_lifetime() -> timedelta:
+    return timedelta(seconds=current_app.config["JWT_ACCESS_TOKEN_EXPIRES"])
+
+
+def issue_tokens(session_id: str, user_id: ObjectId, generation: int) -> dict[str, Any]:
+    """The login/refresh response body for a session's current generation.
+
+    Lifetimes are passed explicitly: the library would leave ``exp`` out for
+    a zero lifetime, and a token without ``exp`` must never exist.
+    """
     identity = str(user_id)
     return {
-        "access_token": create_access_token(identity, user_claims={"sid": str(session_id)}),
+        "access_token": create_access_token(
+            identity, expires_delta=access_lifetime(), user_claims={"sid": session_id}
+        ),
         "refresh_token": create_refresh_token(
-            identity, user_claims={"sid": str(session_id), "gen": generation}
+            identity,
+            expires_delta=refresh_lifetime(),
+            user_claims={"sid": session_id, "gen": generation},
         ),
         "token_type": "Bearer",
         "expires_in": current_app.config["JWT_ACCESS_TOKEN_EXPIRES"],
@@ -82,7 +94,7 @@ def _bearer_token() -> str:
 @dataclass(frozen=True)
 class TokenClaims:
     user_id: ObjectId
-    session_id: ObjectId
+    session_id: str
     generation: int  # the refresh token's place in its session; 0 for access tokens
 
 
@@ -91,11 +103,16 @@ def _verified_claims(expected_type: str) -> TokenClaims:
     token = _bearer_token()
     try:
         claims = decode_token(token)
+        if not isinstance(claims.get("exp"), int):
+            raise pyjwt.MissingRequiredClaimError("exp")
         verify_token_type(claims, expected_type)
         session_claims = claims[current_app.config["JWT_USER_CLAIMS"]]
+        session_id = session_claims["sid"]
+        if not isinstance(session_id, str):
+            raise TypeError("sid")
         return TokenClaims(
             user_id=ObjectId(claims[current_app.config["JWT_IDENTITY_CLAIM"]]),
-            session_id=ObjectId(session_claims["sid"]),
+            session_id=session_id,
             generation=int(session_claims["gen"]) if expected_type == "refresh" else 0,
         )
     except pyjwt.ExpiredSignatureError:
@@ -103,10 +120,14 @@ def _verified_claims(expected_type: str) -> TokenClaims:
     except WrongTokenError:
         raise unauthorized("token_wrong_type", f"Send the {expected_type} token here.") from None
     except Exception:  # any other failure: unreadable, tampered, wrong key or algorithm
-        raise unauthorized("token_invalid", "The token is invalid.") from None
+        raise _token_invalid() from None
 
 
-def _session_revoked() -> ApiError:
+def _token_invalid() -> ApiError:
+    return unauthorized("token_invalid", "The token is invalid.")
+
+
+def session_revoked() -> ApiError:
     return unauthorized("token_revoked", "The session has ended; log in again.")
 
 
@@ -119,7 +140,9 @@ def require_access(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
         claims = _verified_claims("access")
         session = await sessions.find_open(claims.session_id)
         if session is None:
-            raise _session_revoked()
+            raise session_revoked()
+        if session["user_id"] != claims.user_id:
+            raise _token_invalid()  # signed for another user: forged or corrupt
         g.current_user = CurrentUser(
             session["user_id"], session["username"], session["user_created_at"], session["_id"]
         )
@@ -139,9 +162,16 @@ def require_refresh(view: Callable[..., Awaitable[R]]) -> Callable[..., Awaitabl
     @wraps(view)
     async def wrapper(*args: Any, **kwargs: Any) -> R:
         claims = _verified_claims("refresh")
-        generation = await sessions.rotate(claims.session_id, claims.generation, refresh_lifetime())
+        generation = await sessions.rotate(
+            claims.session_id, claims.user_id, claims.generation, refresh_lifetime()
+        )
         if generation is None:
-            raise _session_revoked()
+            # Reuse of a spent refresh token: close the session, a thief may hold it.
+            if await sessions.close(claims.session_id, claims.user_id):
+                raise session_revoked()
+            if await sessions.exists(claims.session_id):
+                raise _token_invalid()  # another user's session: forged or corrupt
+            raise session_revoked()
         rotated = TokenClaims(claims.user_id, claims.session_id, generation)
         return await view(*args, claims=rotated, **kwargs)
 
@@ -159,7 +189,7 @@ def init_app(app: Quart, jwt: JWTManager) -> None:
     jwt.init_app(app)
 
     def invalid(*_: Any) -> Any:
-        return problem_response(unauthorized("token_invalid", "The token is invalid."))
+        return problem_response(_token_invalid())
 
     jwt.expired_token_loader(
         lambda *_: problem_response(unauthorized("token_expired", "The token has expired."))
@@ -169,6 +199,6 @@ def init_app(app: Quart, jwt: JWTManager) -> None:
         lambda *_: problem_response(unauthorized("token_missing", "A bearer token is required."))
     )
     jwt.needs_fresh_token_loader(invalid)
-    jwt.revoked_token_loader(lambda *_: problem_response(_session_revoked()))
+    jwt.revoked_token_loader(lambda *_: problem_response(session_revoked()))
     jwt.user_loader_error_loader(invalid)
     jwt.claims_verification_failed_loader(invalid)

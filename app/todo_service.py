@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
+from quart import current_app
 
 from . import cursors
 from .clock import utcnow
@@ -67,7 +68,15 @@ async def create(owner: ObjectId, data: TodoCreate) -> Todo:
         "updated_at": now,
         "version": 1,
     }
-    await store.insert(todo)
+    quota: int = current_app.config["TODOS_PER_USER"]
+    try:
+        await store.insert(todo, quota)
+    except store.QuotaExceeded:
+        raise ApiError(
+            409,
+            "quota_exceeded",
+            f"You hold the maximum of {quota} todos; delete some to create more.",
+        ) from None
     return todo
 
 

@@ -20,6 +20,8 @@ from app.embedded_db import EmbeddedDatabase
 from app.extensions import mongo
 
 PASSWORD = "correct horse battery"
+#: Todo documents only: the collection also holds one quota counter per owner.
+TODO_DOCS = {"owner": {"$exists": True}}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 from bson import ObjectId
 
 from app import create_app
-from tests.conftest import PASSWORD, Api, bearer
+from tests.conftest import PASSWORD, TODO_DOCS, Api, bearer
 
 AUTH = "/api/v1/auth"
 
@@ -212,7 +212,7 @@ async def test_delete_account_removes_user_todos_and_sessions(api: Api, db: Any)
     response = await api.client.delete(f"{AUTH}/me", json={"password": PASSWORD}, headers=headers)
     assert response.status_code == 204
     assert await db["users"].count_documents({"username_key": "alice"}) == 0
-    assert await db["todos"].count_documents({}) == 1  # only bob's
+    assert await db["todos"].count_documents(TODO_DOCS) == 1  # only bob's
     assert await db["sessions"].count_documents({"username": "alice"}) == 0
     await problem(await api.client.get(f"{AUTH}/me", headers=headers), 401, "token_revoked")
     await problem(

@@ -35,8 +35,8 @@ async def test_ten_failures_lock_the_username_even_for_the_right_password(
     right = await api.client.post(f"{AUTH}/login", json={"username": "ALICE", "password": PASSWORD})
     await problem(right, 429, "rate_limited")
     assert 1 <= retry_after(right) <= 900
-    counter = await db["rate_limits"].find_one({"_id": "login:user:alice"})
-    assert counter["count"] == 10
+    counter = await db["rate_limits"].find_one({"_id": "login-failures:user:alice"})
+    assert counter["count"] == 10  # the 429 was not counted
 
 
 async def test_unknown_usernames_are_limited_the_same_way(api: Api) -> None:
@@ -57,8 +57,8 @@ async def test_a_success_does_not_reset_the_window(api: Api) -> None:
     await problem(await fail_login(api, "alice"), 429, "rate_limited")
 
 
-@pytest.mark.settings(LOGIN_FAILURES_PER_USERNAME=2)
-async def test_wrong_current_password_counts_as_a_failed_login(api: Api) -> None:
+@pytest.mark.settings(REAUTH_FAILURES_PER_SESSION=2)
+async def test_wrong_current_passwords_count_against_the_session_only(api: Api) -> None:
     headers = bearer((await api.user_tokens("alice"))["access_token"])
     wrong = {"current_password": "not the one", "new_password": "brand new pw"}
     await problem(
@@ -71,10 +71,14 @@ async def test_wrong_current_password_counts_as_a_failed_login(api: Api) -> None
         401,
         "invalid_credentials",
     )
-    response = await api.client.post(
-        f"{AUTH}/login", json={"username": "alice", "password": PASSWORD}
+    right = {"current_password": PASSWORD, "new_password": "brand new pw"}
+    await problem(
+        await api.client.post(f"{AUTH}/password", json=right, headers=headers), 429, "rate_limited"
     )
-    await problem(response, 429, "rate_limited")
+    # The login limits are untouched, and another session of the same user is not blocked.
+    other = bearer((await api.login("alice"))["access_token"])
+    response = await api.client.post(f"{AUTH}/password", json=right, headers=other)
+    assert response.status_code == 204
 
 
 @pytest.mark.settings(LOGIN_FAILURES_PER_ADDRESS=3)

@@ -8,7 +8,7 @@ import pytest
 
 from config import ConfigError, check_production_settings, load_settings
 
-STRONG_SECRET = "k" * 40
+STRONG_SECRET = "3f9a0c7e51b24d68a1e0f5c2b7d94e3a6c1f8b05"
 
 
 def test_development_is_the_default(tmp_path: Path) -> None:

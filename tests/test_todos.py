@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from tests.conftest import Api
+from tests.conftest import TODO_DOCS, Api
 
 TODOS = "/api/v1/todos"
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -108,7 +108,7 @@ async def test_create_rejects_invalid_bodies(
     assert await problem_code(response) == "validation_failed"
     errors = (await response.get_json())["errors"]
     assert loc in [error["loc"] for error in errors]
-    assert await db["todos"].count_documents({}) == 0
+    assert await db["todos"].count_documents(TODO_DOCS) == 0
 
 
 async def test_twenty_tags_after_deduplication_are_fine(api: Api) -> None:
@@ -331,7 +331,7 @@ async def test_delete(api: Api, db: Any) -> None:
     response = await api.client.delete(path, headers={**headers, "If-Match": '"1"'})
     assert response.status_code == 204
     assert await response.get_data() == b""
-    assert await db["todos"].count_documents({}) == 0
+    assert await db["todos"].count_documents(TODO_DOCS) == 0
     assert (await api.client.delete(path, headers=headers)).status_code == 404
     assert (await api.client.get(path, headers=headers)).status_code == 404
 
@@ -346,7 +346,7 @@ async def test_clear_completed(api: Api, db: Any) -> None:
     response = await api.client.delete(f"{TODOS}?completed=true", headers=alice)
     assert response.status_code == 200
     assert await response.get_json() == {"deleted": 2}
-    assert await db["todos"].count_documents({}) == 2
+    assert await db["todos"].count_documents(TODO_DOCS) == 2
     remaining = await (await api.client.get(TODOS, headers=alice)).get_json()
     assert [todo["id"] for todo in remaining["items"]] == [kept["id"]]
 
@@ -367,7 +367,7 @@ async def test_clear_completed_takes_exactly_completed_true(api: Api, db: Any, q
     response = await api.client.delete(f"{TODOS}{query}", headers=headers)
     assert response.status_code == 422
     assert (await response.get_json())["errors"][0]["loc"][0] == "query"
-    assert await db["todos"].count_documents({}) == 1
+    assert await db["todos"].count_documents(TODO_DOCS) == 1
 
 
 async def test_todos_need_a_token(api: Api) -> None:

@@ -9,7 +9,7 @@ import pytest
 from bson import ObjectId
 from werkzeug.datastructures import Headers
 
-from tests.conftest import Api
+from tests.conftest import TODO_DOCS, Api
 from tests.test_todos import TODOS, create, problem_code
 
 
@@ -63,7 +63,7 @@ async def test_if_match_naming_the_version_or_star_lets_a_delete_through(
         f"{TODOS}/{todo['id']}", headers={**headers, "If-Match": value}
     )
     assert response.status_code == 204
-    assert await db["todos"].count_documents({}) == 0
+    assert await db["todos"].count_documents(TODO_DOCS) == 0
 
 
 async def test_repeated_if_match_lines_form_one_list(api: Api) -> None:
@@ -148,7 +148,7 @@ async def test_concurrent_deletes_with_the_same_if_match_delete_once(api: Api, d
         *(api.client.delete(path, headers={**headers, "If-Match": '"1"'}) for _ in range(2))
     )
     assert sorted(r.status_code for r in responses) == [204, 404]
-    assert await db["todos"].count_documents({}) == 0
+    assert await db["todos"].count_documents(TODO_DOCS) == 0
 
 
 async def test_a_patch_racing_a_delete_is_applied_or_404(api: Api, db: Any) -> None:
@@ -161,4 +161,4 @@ async def test_a_patch_racing_a_delete_is_applied_or_404(api: Api, db: Any) -> N
     )
     assert deleted.status_code == 204
     assert patched.status_code in {200, 404}
-    assert await db["todos"].count_documents({}) == 0
+    assert await db["todos"].count_documents(TODO_DOCS) == 0

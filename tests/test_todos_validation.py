@@ -8,7 +8,7 @@ import pytest
 from bson import ObjectId
 
 from app.stores.todos import NO_DUE_DATE
-from tests.conftest import Api
+from tests.conftest import TODO_DOCS, Api
 from tests.test_todos import TODOS, create
 
 STORED_FIELDS = {
@@ -94,7 +94,7 @@ async def test_create_refuses_wrong_types_and_fields(
     response = await api.client.post(TODOS, json=body, headers=await api.headers())
     assert response.status_code == 422
     assert loc in [error["loc"] for error in (await response.get_json())["errors"]]
-    assert await db["todos"].count_documents({}) == 0
+    assert await db["todos"].count_documents(TODO_DOCS) == 0
 
 
 @pytest.mark.parametrize(

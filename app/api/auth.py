@@ -19,7 +19,6 @@ from ..models.auth import (
 )
 from ..openapi import problems, response_headers
 from ..security import TokenClaims, current_user, issue_tokens, require_access, require_refresh
-from ..stores import sessions
 from . import no_content
 
 blueprint = Blueprint("auth", __name__)
@@ -59,7 +58,7 @@ async def refresh(claims: TokenClaims) -> dict[str, Any]:
 @response_headers(204)
 async def logout() -> Response:
     """Close this session: its tokens are refused from now on."""
-    await sessions.close(current_user().session_id)
+    await accounts.log_out(current_user())
     return no_content()
 
 

@@ -117,6 +117,7 @@ def todo_response(todo: dict[str, Any], status: int = 200) -> Response:
 @validate_request(TodoCreate)
 @document_response(Todo, 201)
 @response_headers(201, "Location", "ETag")
+@problems(409)
 async def create_todo(data: TodoCreate) -> Response:
     """Create a todo."""
     todo = await todo_service.create(current_user().id, data)

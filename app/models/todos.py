@@ -129,6 +129,17 @@ def _limit(value: Any) -> int:
     return int(value)
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # documented in the OpenAPI schema of ``q``
+
+
+def _printable(value: str) -> str:
+    """MongoDB refuses a NUL in ``$regex``: control characters never reach the query."""
+    if CONTROL_CHARACTERS.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 class ListQuery(BaseModel):
     """List filters, sort and paging. Query values arrive as strings."""
 
@@ -136,7 +147,14 @@ class ListQuery(BaseModel):
 
     completed: Literal["true", "false"] | None = None
     tag: Tag | None = None
-    q: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    q: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=200, json_schema_extra={"pattern": PRINTABLE}),
+            AfterValidator(_printable),
+        ]
+        | None
+    ) = None
     due_before: Timestamp | None = None
     due_after: Timestamp | None = None
     sort: Sort = "-created_at"

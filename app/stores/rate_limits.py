@@ -33,12 +33,6 @@ def _counters() -> Any:
     return mongo.db["rate_limits"]
 
 
-async def current(keys: list[str]) -> dict[str, Window]:
-    """The open windows among ``keys``, in one query."""
-    cursor = _counters().find({"_id": {"$in": keys}, "expires_at": {"$gt": utcnow()}})
-    return {doc["_id"]: Window(doc["count"], doc["expires_at"]) async for doc in cursor}
-
-
 async def hit(key: str, window: timedelta) -> Window:
     """Count one event for ``key`` and return its window after counting."""
     counters = _counters()
@@ -62,3 +56,10 @@ async def hit(key: str, window: timedelta) -> Window:
             except DuplicateKeyError:  # another worker opened it first: count there
                 continue
         return Window(doc["count"], doc["expires_at"])
+
+
+async def give_back(key: str) -> None:
+    """Uncount one event of ``key``'s open window (an attempt that did not fail after all)."""
+    await _counters().update_one(
+        {"_id": key, "expires_at": {"$gt": utcnow()}, "count": {"$gt": 0}}, {"$inc": {"count": -1}}
+    )

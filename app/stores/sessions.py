@@ -2,36 +2,49 @@
 
 A session is open while its document exists and has not expired; closing it
 deletes the document, so every token that names it is refused at once, by
-every worker. ``generation`` names the one refresh token that may be used
-next: rotation bumps it atomically, so of two refreshes with the same token
-exactly one matches. The user's name and creation time are copied in, so the
-check every authenticated request makes also yields ``current_user``.
+every worker. Session ids are 128 random bits (not ObjectIds, whose counter
+and timestamp make a neighbour's id guessable). ``generation`` names the one
+refresh token that may be used next: rotation bumps it atomically, so of two
+refreshes with the same token exactly one matches. ``credential_epoch`` is
+the user's epoch when the session was opened (see ``stores.users``). The
+user's name and creation time are copied in, so the check every
+authenticated request makes also yields ``current_user``.
 """
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
+from pymongo import DESCENDING
 
 from ..clock import utcnow
 from ..extensions import mongo
+from . import users
 
 Session = dict[str, Any]
+
+SESSION_ID_BYTES = 16  # 128 bits
 
 
 def _sessions() -> Any:
     return mongo.db["sessions"]
 
 
+def new_session_id() -> str:
+    return secrets.token_urlsafe(SESSION_ID_BYTES)
+
+
 async def open_session(user: dict[str, Any], lifetime: timedelta) -> Session:
     now = utcnow()
     session = {
-        "_id": ObjectId(),
+        "_id": new_session_id(),
         "user_id": user["_id"],
         "username": user["username"],
         "user_created_at": user["created_at"],
+        "credential_epoch": users.epoch_of(user),
         "created_at": now,
         "refreshed_at": now,
         "expires_at": now + lifetime,
@@ -41,36 +54,64 @@ async def open_session(user: dict[str, Any], lifetime: timedelta) -> Session:
     return session
 
 
-async def find_open(session_id: ObjectId) -> Session | None:
+async def find_open(session_id: str) -> Session | None:
     session: Session | None = await _sessions().find_one(
         {"_id": session_id, "expires_at": {"$gt": utcnow()}}
     )
     return session
 
 
-async def rotate(session_id: ObjectId, generation: int, lifetime: timedelta) -> int | None:
+async def rotate(
+    session_id: str, user_id: ObjectId, generation: int, lifetime: timedelta
+) -> int | None:
     """Move the session to the next refresh token; return its generation.
 
     ``None`` means the token was not the current one (reused, or the session
-    is gone); the session is then closed, as a stolen token may be in play.
+    is gone or is not ``user_id``'s).
     """
     now = utcnow()
     result = await _sessions().update_one(
-        {"_id": session_id, "generation": generation, "expires_at": {"$gt": now}},
+        {
+            "_id": session_id,
+            "user_id": user_id,
+            "generation": generation,
+            "expires_at": {"$gt": now},
+        },
         {
             "$inc": {"generation": 1},
             "$set": {"refreshed_at": now, "expires_at": now + lifetime},
         },
     )
-    if result.modified_count == 1:
-        return generation + 1
-    await close(session_id)
-    return None
+    return generation + 1 if result.modified_count == 1 else None
 
 
-async def close(session_id: ObjectId) -> None:
-    await _sessions().delete_one({"_id": session_id})
+async def close(session_id: str, user_id: ObjectId | None = None) -> bool:
+    """Close a session (only ``user_id``'s when given); True if one was open."""
+    query: dict[str, Any] = {"_id": session_id}
+    if user_id is not None:
+        query["user_id"] = user_id
+    result = await _sessions().delete_one(query)
+    return bool(result.deleted_count == 1)
+
+
+async def exists(session_id: str) -> bool:
+    return await _sessions().find_one({"_id": session_id}, {"_id": 1}) is not None
 
 
 async def close_all(user_id: ObjectId) -> None:
     await _sessions().delete_many({"user_id": user_id})
+
+
+async def close_beyond(user_id: ObjectId, keep: int) -> int:
+    """Keep the user's ``keep`` most recently refreshed sessions; close the rest."""
+    cursor = (
+        _sessions()
+        .find({"user_id": user_id}, {"_id": 1})
+        .sort([("refreshed_at", DESCENDING), ("_id", DESCENDING)])
+        .skip(keep)
+    )
+    surplus = [doc["_id"] async for doc in cursor]
+    if not surplus:
+        return 0
+    result = await _sessions().delete_many({"_id": {"$in": surplus}, "user_id": user_id})
+    return int(result.deleted_count)

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import OperationFailure
+from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateOne
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from ..db import sort_index_name
 from ..extensions import mongo
@@ -22,6 +22,7 @@ Todo = dict[str, Any]
 
 #: The server's error for a hint naming no existing index (MongoDB and SecantusDB alike).
 BAD_VALUE = 2
+DUPLICATE_KEY = 11000
 
 #: Later than any accepted due date (the models refuse this last millisecond).
 NO_DUE_DATE = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
@@ -37,8 +38,53 @@ def due_key(due_at: datetime | None) -> datetime:
     return NO_DUE_DATE if due_at is None else due_at
 
 
-async def insert(todo: Todo) -> None:
-    await _todos().insert_one(todo)
+class QuotaExceeded(Exception):
+    """The owner already holds as many todos as allowed."""
+
+
+def _counter_id(owner: ObjectId) -> str:
+    """The owner's todo counter: a document in ``todos`` itself, with no ``owner``
+    field, so no todo query ever matches it."""
+    return f"count:{owner}"
+
+
+async def insert(todo: Todo, quota: int) -> None:
+    """Insert ``todo`` unless its owner holds ``quota`` todos; one round trip.
+
+    An ordered bulk write bumps the owner's counter, but only below the
+    quota: at the quota the filter misses, the upsert collides with the
+    existing counter's ``_id``, and the ordered write stops before the
+    insert. A counter created here starts from a real count, so owners with
+    todos from before the counter are counted right.
+    """
+    owner = todo["owner"]
+    try:
+        result = await _todos().bulk_write(
+            [
+                UpdateOne(
+                    {"_id": _counter_id(owner), "count": {"$lt": quota}},
+                    {"$inc": {"count": 1}},
+                    upsert=True,
+                ),
+                InsertOne(todo),
+            ],
+            ordered=True,
+        )
+    except BulkWriteError as error:
+        failure = error.details["writeErrors"][0]
+        if failure["index"] == 0 and failure["code"] == DUPLICATE_KEY:
+            raise QuotaExceeded from None
+        if failure["code"] == DUPLICATE_KEY:  # the todo's _id exists: give the count back
+            await _count(owner, -1)
+            raise DuplicateKeyError(failure.get("errmsg", "duplicate key")) from None
+        raise
+    if result.upserted_count:
+        total = await _todos().count_documents({"owner": owner})
+        await _todos().update_one({"_id": _counter_id(owner)}, {"$set": {"count": total}})
+
+
+async def _count(owner: ObjectId, change: int) -> None:
+    await _todos().update_one({"_id": _counter_id(owner)}, {"$inc": {"count": change}})
 
 
 async def find(owner: ObjectId, todo_id: ObjectId) -> Todo | None:
@@ -63,17 +109,23 @@ async def delete(owner: ObjectId, todo_id: ObjectId, versions: list[int] | None)
     if versions is not None:
         query["version"] = {"$in": versions}
     result = await _todos().delete_one(query)
-    return bool(result.deleted_count == 1)
+    if result.deleted_count != 1:
+        return False
+    await _count(owner, -1)
+    return True
 
 
 async def delete_completed(owner: ObjectId) -> int:
     result = await _todos().delete_many({"owner": owner, "completed": True})
+    if result.deleted_count:
+        await _count(owner, -result.deleted_count)
     return int(result.deleted_count)
 
 
 async def delete_all_of(owner: ObjectId) -> int:
     """Delete every todo of ``owner``; return how many went."""
     result = await _todos().delete_many({"owner": owner})
+    await _todos().delete_one({"_id": _counter_id(owner)})
     return int(result.deleted_count)
 
 
