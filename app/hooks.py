@@ -56,7 +56,7 @@ def _cache_policy(response: Response) -> str:
     """What caches may keep of an API response: a user's data never goes to a shared
     cache. A todo with an ETag may be kept privately and revalidated (304s); tokens,
     lists and errors are not stored at all (RFC 6749 section 5.1 for tokens)."""
-    if response.status_code in {200, 304} and "ETag" in response.headers:
+    if "ETag" in response.headers:
         return "private, no-cache"
     return "no-store"
 

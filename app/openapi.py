@@ -69,7 +69,10 @@ PROBLEM_DESCRIPTIONS = {
     400: "Malformed JSON or invalid UTF-8 (`malformed_json`).",
     401: "Missing, invalid, expired or revoked token, or wrong credentials.",
     404: "No such resource (`not_found`).",
-    409: "Conflict with existing data.",
+    409: (
+        "Conflict: the username is taken (`username_taken`), "
+        "or the todo quota is reached (`quota_exceeded`)."
+    ),
     412: "If-Match did not match the current version (`version_conflict`).",
     413: "Body larger than 64 KiB (`payload_too_large`).",
     415: "Body is not `application/json` (`unsupported_media_type`).",

@@ -50,9 +50,38 @@ def test_bad_values_are_refused(tmp_path: Path) -> None:
             },
             "development value",
         ),
+        (
+            {
+                "MONGO_URI": "mongodb://db",
+                "JWT_SECRET_KEY": " dev-secret-key-change-me-0123456789abcdef ",
+            },
+            "whitespace",
+        ),
+        ({"MONGO_URI": "mongodb://db", "JWT_SECRET_KEY": "a" * 32}, "not random enough"),
+        (
+            {
+                "MONGO_URI": "mongodb://db",
+                "JWT_SECRET_KEY": STRONG_SECRET,
+                "ARGON2_TIME_COST": "1",
+                "ARGON2_MEMORY_COST": "8",
+            },
+            "OWASP",
+        ),
+        (
+            {"MONGO_URI": "mongodb://db", "JWT_SECRET_KEY": STRONG_SECRET, "CORS_ORIGINS": "*"},
+            "CORS_ORIGINS",
+        ),
+        (
+            {
+                "MONGO_URI": "mongodb://db",
+                "JWT_SECRET_KEY": STRONG_SECRET,
+                "CORS_ORIGINS": "https://app.example, *",
+            },
+            "CORS_ORIGINS",
+        ),
     ],
 )
-def test_production_refuses_unsafe_settings(
+def test_production_refuses_unsafe_settings(  # each one a finding of the review
     tmp_path: Path, environ: dict[str, str], named: str
 ) -> None:
     settings = load_settings(environ={"APP_ENV": "production", **environ}, instance_path=tmp_path)

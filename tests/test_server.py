@@ -19,7 +19,7 @@ import pytest
 from app.embedded_db import free_port
 from scripts.devserver import call, start_hypercorn, stop, wait_ready
 
-STRONG_SECRET = "s" * 48
+STRONG_SECRET = "3f9a0c7e51b24d68a1e0f5c2b7d94e3a6c1f8b05"
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +91,22 @@ def test_two_workers_serve_and_stop_cleanly_on_sigterm(server_env: dict[str, str
     [
         ({"JWT_SECRET_KEY": STRONG_SECRET, "MONGO_URI": ""}, "MONGO_URI"),
         ({"JWT_SECRET_KEY": "weak", "MONGO_URI": "mongodb://127.0.0.1:1"}, "JWT_SECRET_KEY"),
+        (
+            {
+                "JWT_SECRET_KEY": STRONG_SECRET,
+                "MONGO_URI": "mongodb://127.0.0.1:1",
+                "CORS_ORIGINS": "*",
+            },
+            "CORS_ORIGINS",
+        ),
+        (
+            {
+                "JWT_SECRET_KEY": STRONG_SECRET,
+                "MONGO_URI": "mongodb://127.0.0.1:1",
+                "JWT_ACCESS_TOKEN_EXPIRES": "0",
+            },
+            "JWT_ACCESS_TOKEN_EXPIRES",
+        ),
     ],
 )
 def test_unsafe_production_settings_refuse_to_start(env: dict[str, str], named: str) -> None:

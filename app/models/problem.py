@@ -22,5 +22,8 @@ class Problem(BaseModel):
     code: str = Field(description="Stable snake_case error code.", examples=["validation_failed"])
     request_id: str
     errors: list[FieldError] | None = Field(
-        default=None, description="Present on 422: one entry per invalid input."
+        default=None, description="Present on 422: one entry per invalid input, at most 20."
+    )
+    errors_omitted: int | None = Field(
+        default=None, description="Present when more than 20 inputs were invalid: how many more."
     )

@@ -54,12 +54,11 @@ async def insert(todo: Todo, quota: int) -> None:
     An ordered bulk write bumps the owner's counter, but only below the
     quota: at the quota the filter misses, the upsert collides with the
     existing counter's ``_id``, and the ordered write stops before the
-    insert. A counter created here starts from a real count, so owners with
-    todos from before the counter are counted right.
+    insert. The first create makes the counter (count 1).
     """
     owner = todo["owner"]
     try:
-        result = await _todos().bulk_write(
+        await _todos().bulk_write(
             [
                 UpdateOne(
                     {"_id": _counter_id(owner), "count": {"$lt": quota}},
@@ -78,9 +77,6 @@ async def insert(todo: Todo, quota: int) -> None:
             await _count(owner, -1)
             raise DuplicateKeyError(failure.get("errmsg", "duplicate key")) from None
         raise
-    if result.upserted_count:
-        total = await _todos().count_documents({"owner": owner})
-        await _todos().update_one({"_id": _counter_id(owner)}, {"$set": {"count": total}})
 
 
 async def _count(owner: ObjectId, change: int) -> None:
