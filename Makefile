@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test test-motor test-pymongo lint fuzz browser chaos bench clean
+.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ browser: $(BIN)/.installed
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m scripts.docs_browser --screenshot $(SCREENSHOT)
 
+## clients: generated Python and TypeScript clients, and Redocly's lint, against a fresh server
+clients: $(BIN)/.installed
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	$(BIN)/python -m scripts.clients
+
 ## chaos: fault injection (database killed, SIGTERM, hostile clients, contention)
 chaos: $(BIN)/.installed
 	MONGO_DRIVER=motor $(BIN)/pytest -q -m chaos tests/chaos
@@ -55,4 +60,4 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache clients/node_modules

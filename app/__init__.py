@@ -12,7 +12,7 @@ from quart import Quart
 from config import DEFAULT_INSTANCE_PATH, ConfigError, check_production_settings, load_settings
 
 from . import errors, hooks, security
-from .api import auth, docs, health, todos
+from .api import auth, docs, health, index, todos
 from .extensions import jwt, mongo, passwords, schema
 from .json_provider import OrjsonProvider
 from .logs import configure_logging
@@ -48,6 +48,7 @@ async def create_app(
     security.init_app(app, jwt)
     errors.init_app(app)
 
+    app.register_blueprint(index.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(docs.blueprint)
     app.register_blueprint(auth.blueprint, url_prefix="/api/v1/auth")

@@ -41,6 +41,21 @@ CODE_BY_STATUS = {
 }
 
 VALIDATION_DETAIL = "The request is well-formed but not valid."
+#: Details for the framework's own 404 and 405, in this API's words.
+NOT_FOUND_DETAIL = (
+    "Nothing here. The API lives under /api/v1: GET / links to the explorer (/docs) "
+    "and the OpenAPI document."
+)
+METHOD_NOT_ALLOWED_DETAIL = "This path does not take {method}; the Allow header lists what it does."
+#: Pydantic messages that name an internal class, in the API's words instead
+#: ("Input should be a valid dictionary or instance of TodoCreate").
+MESSAGES_BY_ERROR_TYPE = {
+    "model_type": "Input should be a JSON object",
+    "model_attributes_type": "Input should be a JSON object",
+    "dataclass_type": "Input should be a JSON object",
+    "is_instance_of": "Input is of the wrong type",
+    "is_subclass_of": "Input is of the wrong type",
+}
 
 #: A problem body lists at most this many errors and says how many it left
 #: out, so a hostile body cannot make the answer large (3,000 bad tags once
@@ -120,13 +135,19 @@ def _bounded(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _message(item: Mapping[str, Any]) -> str:
+    """Pydantic's message for one error, without class names or its "Value error, " prefix."""
+    message: str = MESSAGES_BY_ERROR_TYPE.get(item["type"], item["msg"])
+    return message.removeprefix("Value error, ")
+
+
 def _errors_from_pydantic(error: ValidationError, source: str) -> list[dict[str, Any]]:
     """Turn pydantic's error list into ``[{"loc": [...], "msg": ...}]``.
 
     ``input`` and ``ctx`` are dropped: they echo client data and internals.
     """
     return [
-        {"loc": [source, *(str(part) for part in item["loc"])], "msg": item["msg"]}
+        {"loc": [source, *(str(part) for part in item["loc"])], "msg": _message(item)}
         for item in error.errors(include_url=False, include_input=False, include_context=False)
     ]
 
@@ -152,6 +173,10 @@ async def _handle_http_exception(error: HTTPException) -> Response:
         headers["Allow"] = ", ".join(sorted(error.valid_methods))
     if status == 400:
         detail = "The request body is not valid JSON."
+    elif status == 404:
+        detail = NOT_FOUND_DETAIL
+    elif status == 405:
+        detail = METHOD_NOT_ALLOWED_DETAIL.format(method=request.method)
     else:
         detail = HTTPStatus(status).description
     return problem_response(

@@ -13,10 +13,26 @@ from .db import Mongo
 from .openapi import ApiOpenAPIProvider
 from .passwords import PasswordHashing
 
+#: The document's info object; GET / repeats its title and version.
+API_INFO = {
+    "title": "Todo API",
+    "version": "1.0.0",
+    "description": "Todos with user accounts. Errors are RFC 9457 problem details.",
+    "license": {"name": "Proprietary", "identifier": "LicenseRef-Proprietary"},
+}
+
 mongo = Mongo()
 jwt = JWTManager()
 schema = QuartSchema(
-    info={"title": "Todo API", "version": "1.0.0"},
+    info=API_INFO,
+    # Relative: the host that served the document is the one to call.
+    servers=[{"url": "/", "description": "The server that served this document"}],
+    tags=[
+        {"name": "meta", "description": "Where to start: links to the docs and probes."},
+        {"name": "health", "description": "Liveness and readiness probes."},
+        {"name": "auth", "description": "Accounts, sessions and tokens."},
+        {"name": "todos", "description": "The caller's todos."},
+    ],
     openapi_path="/openapi.json",
     swagger_ui_path=None,
     redoc_ui_path=None,

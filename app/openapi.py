@@ -5,12 +5,19 @@ This provider adds the rest from facts the routes already state: every
 problem+json error a route can return (derived from its auth, body, query
 and path, plus the extra statuses it names with ``@problems``), response
 headers, conditional request headers, and named schema components instead of
-inlined copies.
+inlined copies. It then shapes the document the way client generators and
+linters read it: request bodies required, query parameters required when the
+model says so and never "or null", defaults of request bodies in prose (a
+default there makes TypeScript generators require the field), public
+operations marked ``security: []``, summaries as plain text, and no component
+that nothing uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -22,6 +29,7 @@ from quart_schema.validation import (
 from werkzeug.routing import Rule
 
 from .errors import PROBLEM_CONTENT_TYPE
+from .models.absent import never_null
 from .models.problem import Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,20 +59,30 @@ HEADERS: dict[str, dict[str, Any]] = {
         "description": "Bearer challenge (RFC 6750).",
         "schema": {"type": "string"},
     },
-    "Allow": {"description": "The methods the path supports.", "schema": {"type": "string"}},
 }
 REQUEST_HEADERS: dict[str, dict[str, Any]] = {
     "If-Match": {
-        "description": 'Only act if the todo\'s ETag is listed (strong comparison), or "*".',
+        "description": (
+            "Optional. Act only if the todo's ETag is listed (strong comparison), or `*`. "
+            'Tags are quoted: `"3"`.'
+        ),
         "schema": {"type": "string"},
     },
     "If-None-Match": {
-        "description": 'Answer 304 if the todo\'s ETag is listed (weak comparison), or "*".',
+        "description": (
+            "Optional. Answer 304 if the todo's ETag is listed (weak comparison), or `*`. "
+            'Tags are quoted: `"3"`.'
+        ),
         "schema": {"type": "string"},
     },
 }
 #: Headers each problem status always carries besides X-Request-ID.
-PROBLEM_HEADERS = {401: ["WWW-Authenticate"], 429: ["Retry-After"], 503: ["Retry-After"]}
+PROBLEM_HEADERS = {
+    401: ["WWW-Authenticate"],
+    412: ["ETag"],
+    429: ["Retry-After"],
+    503: ["Retry-After"],
+}
 PROBLEM_DESCRIPTIONS = {
     400: "Malformed JSON or invalid UTF-8 (`malformed_json`).",
     401: "Missing, invalid, expired or revoked token, or wrong credentials.",
@@ -73,7 +91,7 @@ PROBLEM_DESCRIPTIONS = {
         "Conflict: the username is taken (`username_taken`), "
         "or the todo quota is reached (`quota_exceeded`)."
     ),
-    412: "If-Match did not match the current version (`version_conflict`).",
+    412: "If-Match did not match the current version (`version_conflict`); ETag is the current.",
     413: "Body larger than 64 KiB (`payload_too_large`).",
     415: "Body is not `application/json` (`unsupported_media_type`).",
     422: "Well-formed but invalid input (`validation_failed`), see `errors`.",
@@ -81,6 +99,9 @@ PROBLEM_DESCRIPTIONS = {
     500: "Unexpected error (`internal_error`).",
     503: "Database unavailable (`service_unavailable`).",
 }
+#: Blueprints whose routes answer without the database (so never 503 for it).
+DATABASE_FREE_BLUEPRINTS = frozenset({"health", "index"})
+REF = re.compile(r"^#/components/(\w+)/(.+)$")
 
 
 def _add_to(attribute: str, values: tuple[Any, ...]) -> Callable[[F], F]:
@@ -113,6 +134,29 @@ def _ref(kind: str, name: str) -> dict[str, str]:
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
+def _refs(node: Any) -> Iterator[tuple[str, str]]:
+    """Every (kind, name) that ``node`` refers to, at any depth."""
+    if isinstance(node, dict):
+        match = REF.match(node.get("$ref", ""))
+        if match:
+            yield match.group(1), match.group(2)
+        for value in node.values():
+            yield from _refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _refs(value)
+
+
+def _plain(text: str) -> str:
+    """A summary as plain text: Swagger UI and generators show backticks literally."""
+    return text.replace("`", "")
+
+
+def _markdown(text: str) -> str:
+    """Docstrings use reStructuredText's ``x``; descriptions are Markdown's `x`."""
+    return text.replace("``", "`")
+
+
 class ApiOpenAPIProvider(OpenAPIProvider):
     """Builds the complete document; plugged in as quart-schema's provider class."""
 
@@ -135,11 +179,78 @@ class ApiOpenAPIProvider(OpenAPIProvider):
             }
             for status in PROBLEM_DESCRIPTIONS
         }
+        for schema in components["schemas"].values():
+            if "description" in schema:
+                schema["description"] = _markdown(schema["description"])
+        self._defaults_in_prose(spec)
+        self._drop_unused_components(spec)
         return spec
 
     @staticmethod
     def _problem_name(status: int) -> str:
         return HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+
+    @staticmethod
+    def _defaults_in_prose(spec: dict[str, Any]) -> None:
+        """Move the defaults of request body schemas into their descriptions.
+
+        openapi-typescript (default options) types a component property with a
+        ``default`` as always present, which is true of responses only: a
+        title-only create body would not compile. A null default just means
+        "optional" and goes; a real one is kept for people, in words.
+        """
+        schemas = spec["components"]["schemas"]
+        bodies = [
+            operation["requestBody"]
+            for path in spec["paths"].values()
+            for operation in path.values()
+            if "requestBody" in operation
+        ]
+        for kind, name in _refs(bodies):
+            for prop in schemas[name].get("properties", {}).values() if kind == "schemas" else ():
+                if "default" not in prop:
+                    continue
+                default = prop.pop("default")
+                if default is not None:
+                    described = (
+                        f"{prop.get('description', '')} Defaults to `{json.dumps(default)}`."
+                    )
+                    prop["description"] = described.strip()
+
+    @staticmethod
+    def _drop_unused_components(spec: dict[str, Any]) -> None:
+        """Keep only the components the paths reach, directly or through other components."""
+        components = spec["components"]
+        reached: set[tuple[str, str]] = set()
+        pending = list(_refs(spec["paths"]))
+        while pending:
+            kind, name = pending.pop()
+            if (kind, name) not in reached:
+                reached.add((kind, name))
+                pending.extend(_refs(components[kind][name]))
+        for kind in ("schemas", "responses", "headers"):
+            components[kind] = {
+                name: value for name, value in components[kind].items() if (kind, name) in reached
+            }
+
+    def build_querystring_parameters(
+        self, model: type[Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Query parameters as a client sends them: required per the model, never null.
+
+        A query string cannot carry null, so "X or null, default null" is just
+        an optional X.
+        """
+        parameters, definitions = super().build_querystring_parameters(model)
+        for parameter in parameters:
+            field = model.model_fields[parameter["name"]]
+            parameter["schema"].pop("title", None)
+            if field.is_required():
+                parameter["required"] = True
+            elif field.default is None:
+                holder = {"properties": {"value": parameter["schema"]}}
+                never_null("value")(holder)
+        return parameters, definitions
 
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:
         paths, components = super().build_paths(rule)
@@ -149,6 +260,7 @@ class ApiOpenAPIProvider(OpenAPIProvider):
                 operation["responses"] = {
                     str(status): response for status, response in operation["responses"].items()
                 }
+                self._describe(operation)
                 self._name_schemas(operation, components)
                 self._add_headers(operation, func)
                 for status in self._problem_statuses(rule, func, operation):
@@ -156,7 +268,24 @@ class ApiOpenAPIProvider(OpenAPIProvider):
                         "responses", self._problem_name(status)
                     )
                 operation["responses"] = dict(sorted(operation["responses"].items()))
+                if "requestBody" in operation:
+                    operation["requestBody"]["required"] = True
+                # Public operations say so; otherwise a global default could apply.
+                operation.setdefault("security", [])
         return paths, components
+
+    @staticmethod
+    def _describe(operation: dict[str, Any]) -> None:
+        """Summaries as plain text, descriptions as Markdown, none left empty."""
+        if "summary" in operation:
+            operation["summary"] = _plain(operation["summary"])
+        description = _markdown(operation.pop("description", "")).strip()
+        if description:
+            operation["description"] = description
+        for response in operation["responses"].values():
+            # A model's docstring: its first paragraph describes the response.
+            first = response.get("description", "").split("\n\n")[0]
+            response["description"] = _markdown(" ".join(first.split()))
 
     @staticmethod
     def _name_schemas(operation: dict[str, Any], components: dict[str, Any]) -> None:
@@ -194,13 +323,13 @@ class ApiOpenAPIProvider(OpenAPIProvider):
         rule: Rule, func: Callable[..., Any], operation: dict[str, Any]
     ) -> set[int]:
         statuses = {500, *getattr(func, PROBLEMS_ATTRIBUTE, ())}
-        if not rule.endpoint.startswith("health."):
+        if rule.endpoint.split(".")[0] not in DATABASE_FREE_BLUEPRINTS:
             statuses.add(503)
         if getattr(func, QUART_SCHEMA_REQUEST_ATTRIBUTE, None) is not None:
             statuses |= {400, 413, 415, 422}
         if getattr(func, QUART_SCHEMA_QUERYSTRING_ATTRIBUTE, None) is not None:
             statuses.add(422)
-        if "security" in operation:
+        if operation.get("security"):
             statuses.add(401)
         if rule.arguments:
             statuses.add(404)

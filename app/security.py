@@ -116,7 +116,7 @@ def _verified_claims(expected_type: str) -> TokenClaims:
             generation=int(session_claims["gen"]) if expected_type == "refresh" else 0,
         )
     except pyjwt.ExpiredSignatureError:
-        raise unauthorized("token_expired", "The token has expired.") from None
+        raise _expired(expected_type) from None
     except WrongTokenError:
         raise unauthorized("token_wrong_type", f"Send the {expected_type} token here.") from None
     except Exception:  # any other failure: unreadable, tampered, wrong key or algorithm
@@ -125,6 +125,18 @@ def _verified_claims(expected_type: str) -> TokenClaims:
 
 def _token_invalid() -> ApiError:
     return unauthorized("token_invalid", "The token is invalid.")
+
+
+def _expired(kind: str) -> ApiError:
+    """An expired token's 401, saying what to do next."""
+    if kind == "access":
+        detail = (
+            "The access token has expired; get a new one with POST /api/v1/auth/refresh "
+            "and the refresh token."
+        )
+    else:
+        detail = "The refresh token has expired; log in again with POST /api/v1/auth/login."
+    return unauthorized("token_expired", detail)
 
 
 def session_revoked() -> ApiError:
@@ -191,9 +203,7 @@ def init_app(app: Quart, jwt: JWTManager) -> None:
     def invalid(*_: Any) -> Any:
         return problem_response(_token_invalid())
 
-    jwt.expired_token_loader(
-        lambda *_: problem_response(unauthorized("token_expired", "The token has expired."))
-    )
+    jwt.expired_token_loader(lambda *_: problem_response(_expired("access")))
     jwt.invalid_token_loader(invalid)
     jwt.unauthorized_loader(
         lambda *_: problem_response(unauthorized("token_missing", "A bearer token is required."))

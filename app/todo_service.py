@@ -33,6 +33,8 @@ class IfMatch:
 
     any_version: bool
     versions: frozenset[int]
+    #: Some element was no quoted entity tag (``If-Match: 3``): say so on a mismatch.
+    malformed: bool = False
 
     def matches(self, version: int) -> bool:
         return self.any_version or version in self.versions
@@ -42,13 +44,15 @@ def not_found() -> ApiError:
     return ApiError(404, "not_found", "No such todo.")
 
 
-def _version_conflict(current_version: int) -> ApiError:
-    return ApiError(
-        412,
-        "version_conflict",
-        "The todo has changed since the version named in If-Match.",
-        headers={"ETag": etag(current_version)},
-    )
+def _version_conflict(current_version: int, if_match: IfMatch) -> ApiError:
+    if if_match.malformed:
+        detail = (
+            f"Entity tags in If-Match must be quoted, e.g. If-Match: {etag(current_version)} "
+            "(the ETag header as received)."
+        )
+    else:
+        detail = "The todo has changed since the version named in If-Match."
+    return ApiError(412, "version_conflict", detail, headers={"ETag": etag(current_version)})
 
 
 async def create(owner: ObjectId, data: TodoCreate) -> Todo:
@@ -106,7 +110,7 @@ async def update(
     while True:
         todo = await get(owner, todo_id)
         if if_match is not None and not if_match.matches(todo["version"]):
-            raise _version_conflict(todo["version"])
+            raise _version_conflict(todo["version"], if_match)
         fields = _changed_fields(todo, changes, utcnow())
         if await store.replace_fields(owner, todo_id, todo["version"], fields):
             return {**todo, **fields, "version": todo["version"] + 1}
@@ -121,7 +125,7 @@ async def delete(owner: ObjectId, todo_id: ObjectId, if_match: IfMatch | None) -
                 raise not_found()
             return
         if not if_match.matches(todo["version"]):
-            raise _version_conflict(todo["version"])
+            raise _version_conflict(todo["version"], if_match)
         if await store.delete(owner, todo_id, [todo["version"]]):
             return
 

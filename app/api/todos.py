@@ -75,6 +75,13 @@ def _entity_tags(header: str) -> list[tuple[bool, str]]:
     return tags
 
 
+def _malformed(header: str) -> bool:
+    """True when the list is empty or an element is no quoted entity tag (``If-Match: 3``)."""
+    elements = [element.strip(" \t") for element in LIST_ELEMENT.findall(header)]
+    elements = [element for element in elements if element]  # RFC 9110 allows empty ones
+    return not elements or any(ENTITY_TAG.fullmatch(element) is None for element in elements)
+
+
 def _header(name: str) -> str | None:
     """A list header as one value (repeated header lines combine), or None if absent."""
     values = request.headers.getlist(name)
@@ -92,7 +99,7 @@ def if_match() -> IfMatch | None:
     versions = frozenset(
         int(tag) for weak, tag in _entity_tags(header) if not weak and VERSION.fullmatch(tag)
     )
-    return IfMatch(any_version=False, versions=versions)
+    return IfMatch(any_version=False, versions=versions, malformed=_malformed(header))
 
 
 def if_none_match(version: int) -> bool:

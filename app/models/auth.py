@@ -65,10 +65,18 @@ class AccountDeletionBody(StrictBody):
     password: GivenPassword
 
 
+#: A timestamp in a response: always RFC 3339 in UTC with milliseconds.
+Instant = Annotated[
+    datetime, Field(description="RFC 3339 in UTC with milliseconds, e.g. 2026-11-23T18:24:17.123Z")
+]
+
+
 class UserOut(BaseModel):
+    """An account as clients see it."""
+
     id: str = Field(pattern=r"^[0-9a-f]{24}$")
     username: str
-    created_at: str = Field(description="RFC 3339, UTC, milliseconds")
+    created_at: Instant
 
 
 class TokenPair(BaseModel):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from .absent import never_null
 
 
 class FieldError(BaseModel):
@@ -13,7 +15,9 @@ class FieldError(BaseModel):
 
 
 class Problem(BaseModel):
-    """An error. Switch on ``code``; ``detail`` is for humans."""
+    """An error. Switch on `code`; `detail` is for humans."""
+
+    model_config = ConfigDict(json_schema_extra=never_null("errors"))
 
     type: str = Field(examples=["https://todo-api.example.com/problems/validation_failed"])
     title: str = Field(examples=["Unprocessable Entity"])

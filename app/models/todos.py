@@ -17,11 +17,28 @@ from pydantic import (
 )
 
 from ..clock import format_timestamp, parse_timestamp
-from .auth import StrictBody
+from .absent import never_null
+from .auth import Instant, StrictBody
 
 TAG = re.compile(r"[a-z0-9_-]{1,32}")
 MAX_TAGS = 20
-Sort = Literal["created_at", "-created_at", "updated_at", "-updated_at", "due_at", "-due_at"]
+Sort = Annotated[
+    Literal["created_at", "-created_at", "updated_at", "-updated_at", "due_at", "-due_at"],
+    # Generators name enum members after their values, and "-created_at" is no
+    # identifier (openapi-python-client made it VALUE_1): name each one here.
+    Field(
+        json_schema_extra={
+            "x-enum-varnames": [
+                "CREATED_AT",
+                "CREATED_AT_DESC",
+                "UPDATED_AT",
+                "UPDATED_AT_DESC",
+                "DUE_AT",
+                "DUE_AT_DESC",
+            ]
+        }
+    ),
+]
 
 
 def _trimmed_title(value: str) -> str:
@@ -80,20 +97,12 @@ class TodoCreate(StrictBody):
     tags: Tags = Field(default_factory=list)
 
 
-def _only_due_at_is_nullable(schema: dict[str, Any]) -> None:
-    """Document the PATCH fields as they are validated: only ``due_at`` takes null."""
-    for name, prop in schema["properties"].items():
-        if name == "due_at" or "anyOf" not in prop:
-            continue
-        variants = [variant for variant in prop.pop("anyOf") if variant.get("type") != "null"]
-        prop.update(variants[0] if len(variants) == 1 else {"anyOf": variants})
-        prop.pop("default", None)
-
-
 class TodoPatch(StrictBody):
     """Any subset of the writable fields; only ``due_at`` may be null (to clear it)."""
 
-    model_config = ConfigDict(json_schema_extra=_only_due_at_is_nullable)
+    model_config = ConfigDict(
+        json_schema_extra=never_null("title", "notes", "completed", "priority", "tags")
+    )
 
     title: Title | None = None
     notes: Notes | None = None
@@ -158,7 +167,10 @@ class ListQuery(BaseModel):
     due_before: Timestamp | None = None
     due_after: Timestamp | None = None
     sort: Sort = "-created_at"
-    limit: Annotated[int, BeforeValidator(_limit), Field(ge=1, le=100)] = 20
+    # _limit checks the range; pydantic would document ge/le, which no tool reads.
+    limit: Annotated[
+        int, BeforeValidator(_limit), Field(json_schema_extra={"minimum": 1, "maximum": 100})
+    ] = 20
     cursor: Annotated[str, Field(min_length=1)] | None = None
 
     def filters(self) -> dict[str, Any]:
@@ -181,19 +193,22 @@ class ClearCompletedQuery(BaseModel):
 
 
 class Todo(BaseModel):
-    """A todo as clients see it; `ETag` carries its version."""
+    """A todo as clients see it; the `ETag` header carries its version."""
+
+    # Documents what todo_json builds: every field is always present (so all are
+    # required), and timestamps are date-times so generated clients parse them.
 
     id: str = Field(pattern=r"^[0-9a-f]{24}$")
     title: str
     notes: str
     completed: bool
-    completed_at: str | None
-    due_at: str | None
+    completed_at: Instant | None
+    due_at: Instant | None
     priority: Priority
     tags: list[str]
-    created_at: str
-    updated_at: str
-    version: int
+    created_at: Instant
+    updated_at: Instant
+    version: int = Field(ge=1)
 
 
 class TodoPage(BaseModel):
@@ -201,7 +216,7 @@ class TodoPage(BaseModel):
 
     items: list[Todo]
     next_cursor: str | None = Field(
-        description="Pass as `cursor` for the next page; null at the end"
+        description="Pass as `cursor` for the next page; null on the last page."
     )
 
 
