@@ -21,10 +21,9 @@ def utcnow() -> datetime:
 
 
 def format_timestamp(moment: datetime) -> str:
-    """``2026-11-23T18:24:17.123Z``."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
+    """``2026-11-23T18:24:17.123Z``; years below 1000 too (``%Y`` gives ``28``, not ``0028``)."""
+    utc = moment.astimezone(UTC)
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def parse_timestamp(text: str) -> datetime:

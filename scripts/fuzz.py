@@ -2,20 +2,22 @@
 
 Starts the real server (hypercorn, two workers, a fresh embedded database),
 registers a user, and runs schemathesis over every operation with the checks
-for server errors and for status code, content type and response schema
-conformance. Logout and refresh revoke or rotate the token the other
-operations use, so they run in a second pass with their own session.
+for server errors, for status code, content type and response schema
+conformance, and for problem bodies in the API's own words (our own check, in
+scripts/fuzz_checks.py). Logout and refresh revoke or rotate the token the
+other operations use, so they run in a second pass with their own session.
 Exits non-zero on any finding.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from scripts.devserver import call, serving
+from scripts.devserver import ROOT, call, serving
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 CHECKS = ",".join(
@@ -24,6 +26,7 @@ CHECKS = ",".join(
         "status_code_conformance",
         "content_type_conformance",
         "response_schema_conformance",
+        "errors_in_the_apis_words",  # ours, from scripts/fuzz_checks.py
     ]
 )
 RUN_TIMEOUT_SECONDS = 600
@@ -70,7 +73,12 @@ def schemathesis(port: int, token: str, examples: int, seed: int, selection: lis
         *selection,
     ]
     # Bounded: a hung run fails CI instead of eating its time.
-    return subprocess.call(command, timeout=RUN_TIMEOUT_SECONDS)
+    return subprocess.call(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "scripts.fuzz_checks"},
+        timeout=RUN_TIMEOUT_SECONDS,
+    )
 
 
 def main() -> int:

@@ -72,10 +72,13 @@ async def test_invalid_tokens(api: Api, secret: str) -> None:
 async def test_expired_token(api: Api, secret: str) -> None:
     tokens = await api.user_tokens()
     expired = forge(tokens["access_token"], secret, exp=int(time.time()) - 1)
-    await problem(await api.client.get(f"{AUTH}/me", headers=bearer(expired)), 401, "token_expired")
+    response = await api.client.get(f"{AUTH}/me", headers=bearer(expired))
+    body = await problem(response, 401, "token_expired")
+    assert "POST /api/v1/auth/refresh" in body["detail"]  # says what to do next
     expired_refresh = forge(tokens["refresh_token"], secret, exp=int(time.time()) - 1)
     response = await api.client.post(f"{AUTH}/refresh", headers=bearer(expired_refresh))
-    await problem(response, 401, "token_expired")
+    body = await problem(response, 401, "token_expired")
+    assert "log in again" in body["detail"]
 
 
 async def test_wrong_token_type(api: Api) -> None:

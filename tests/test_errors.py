@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+
+import pytest
 
 from quart import Quart
 from quart.typing import TestClientProtocol
 
 from app import create_app
 from app.embedded_db import free_port
+from app.errors import NOT_FOUND_DETAIL
+from scripts.fuzz_checks import internal_names, internal_names_in
+from tests.conftest import Api
 
 PROBLEM = "application/problem+json"
 
@@ -28,7 +34,10 @@ async def assert_problem(response: Any, status: int, code: str) -> dict[str, Any
 
 
 async def test_unknown_route_is_404(client: TestClientProtocol) -> None:
-    await assert_problem(await client.get("/nope"), 404, "not_found")
+    body = await assert_problem(await client.get("/nope"), 404, "not_found")
+    # In this API's words, pointing somewhere useful (not the framework's "Nothing matches").
+    assert body["detail"] == NOT_FOUND_DETAIL
+    assert "/api/v1" in body["detail"] and "/docs" in body["detail"]
 
 
 async def test_no_trailing_slash_redirects(client: TestClientProtocol) -> None:
@@ -38,8 +47,11 @@ async def test_no_trailing_slash_redirects(client: TestClientProtocol) -> None:
 
 async def test_wrong_method_is_405_with_allow(client: TestClientProtocol) -> None:
     response = await client.delete("/healthz")
-    await assert_problem(response, 405, "method_not_allowed")
+    body = await assert_problem(response, 405, "method_not_allowed")
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "HEAD"}
+    assert body["detail"] == (
+        "This path does not take DELETE; the Allow header lists what it does."
+    )
 
 
 async def test_content_length_over_limit_is_413_before_anything_else(
@@ -90,7 +102,37 @@ async def test_json_that_is_not_an_object_is_422(client: TestClientProtocol) -> 
             "/api/v1/auth/login", data=body, headers={"Content-Type": "application/json"}
         )
         problem = await assert_problem(response, 422, "validation_failed")
-        assert problem["errors"][0]["loc"] == ["body"]
+        assert problem["errors"] == [{"loc": ["body"], "msg": "Input should be a JSON object"}]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/v1/auth/register", b""),
+        ("POST", "/api/v1/auth/login", b"[1]"),
+        ("POST", "/api/v1/todos", b""),
+        ("POST", "/api/v1/todos", b'{"title": "x", "due_at": 5, "tags": "a", "priority": 1}'),
+        ("POST", "/api/v1/todos", b'{"title": " ", "colour": "red", "notes": null}'),
+        ("PATCH", "/api/v1/todos/" + "a" * 24, b"null"),
+        ("PATCH", "/api/v1/todos/" + "a" * 24, b"{}"),
+        ("POST", "/api/v1/auth/password", b'{"current_password": []}'),
+        ("DELETE", "/api/v1/auth/me", b'"password"'),
+        ("GET", "/api/v1/todos?limit=x&sort=up&due_before=soon&completed=yes", b""),
+        ("DELETE", "/api/v1/todos?completed=false&x=1", b""),
+    ],
+)
+async def test_validation_messages_name_no_internal_class(
+    api: Api, method: str, path: str, body: bytes
+) -> None:
+    """Pydantic says "valid dictionary or instance of TodoCreate"; we never do."""
+    headers = {"Content-Type": "application/json", **await api.headers()}
+    response = await api.client.open(path, method=method, data=body, headers=headers)
+    problem = await assert_problem(response, 422, "validation_failed")
+    messages = [error["msg"] for error in problem["errors"]]
+    assert messages and all(messages)
+    text = json.dumps(problem)
+    assert internal_names_in(text) == [], text
+    assert "Value error" not in text
 
 
 async def test_unhandled_exception_is_500_without_internals(settings: dict[str, Any]) -> None:
@@ -133,3 +175,10 @@ async def test_security_headers_on_errors(client: TestClientProtocol) -> None:
     assert response.headers["Referrer-Policy"] == "no-referrer"
     assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])
+
+
+def test_internal_names_cover_the_schema_classes() -> None:
+    """The fuzzing check and the test above look for these: make sure they are real."""
+    assert {"TodoCreate", "TodoPatch", "Credentials", "LoginBody", "ListQuery"} <= internal_names()
+    assert internal_names_in("instance of TodoCreate") == ["TodoCreate"]
+    assert internal_names_in("No such todo.") == []

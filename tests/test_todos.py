@@ -404,3 +404,21 @@ async def test_the_latest_due_date_still_sorts_before_no_due_date(api: Api) -> N
     latest = await create(api, headers, due_at="9999-12-31T23:59:59.998Z")
     page = await (await api.client.get(f"{TODOS}?sort=due_at", headers=headers)).get_json()
     assert [t["id"] for t in page["items"]] == [latest["id"], undated["id"]]
+
+
+@pytest.mark.parametrize(
+    ("due_at", "stored"),
+    [
+        ("0028-03-04T05:33:45.49+03:53", "0028-03-04T01:40:45.490Z"),  # found by fuzzing
+        ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),
+        ("0999-12-31T23:59:59.999-00:00", "0999-12-31T23:59:59.999Z"),
+    ],
+)
+async def test_early_years_come_back_as_rfc_3339_with_four_digits(
+    api: Api, due_at: str, stored: str
+) -> None:
+    headers = await api.headers()
+    todo = await create(api, headers, due_at=due_at)
+    assert todo["due_at"] == stored
+    fetched = await (await api.client.get(f"{TODOS}/{todo['id']}", headers=headers)).get_json()
+    assert fetched["due_at"] == stored

@@ -53,6 +53,32 @@ async def test_if_match_that_does_not_name_the_version_exactly_is_412(
     assert stored["version"] == 1 and stored["title"] == "Buy milk"
 
 
+@pytest.mark.parametrize("value", ["1", '"7", 2', "W/1", ""])
+async def test_a_malformed_if_match_is_412_saying_tags_are_quoted(api: Api, value: str) -> None:
+    headers = await api.headers()
+    todo = await create(api, headers)
+    response = await api.client.patch(
+        f"{TODOS}/{todo['id']}", json={"notes": "n"}, headers={**headers, "If-Match": value}
+    )
+    assert response.status_code == 412
+    body = await response.get_json()
+    assert body["code"] == "version_conflict"
+    assert body["detail"].startswith('Entity tags in If-Match must be quoted, e.g. If-Match: "1"')
+    assert response.headers["ETag"] == '"1"'
+
+
+async def test_a_well_formed_stale_if_match_says_the_todo_changed(api: Api) -> None:
+    headers = await api.headers()
+    todo = await create(api, headers)
+    response = await api.client.delete(
+        f"{TODOS}/{todo['id']}", headers={**headers, "If-Match": '"2", W/"1"'}
+    )
+    assert response.status_code == 412
+    assert (await response.get_json())["detail"] == (
+        "The todo has changed since the version named in If-Match."
+    )
+
+
 @pytest.mark.parametrize("value", ['"1"', ' "7" ,"1" ', 'W/"1", "1"', "*", " * "])
 async def test_if_match_naming_the_version_or_star_lets_a_delete_through(
     api: Api, db: Any, value: str

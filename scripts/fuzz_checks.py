@@ -1,0 +1,54 @@
+"""Schemathesis checks of our own, loaded by ``make fuzz`` through SCHEMATHESIS_HOOKS.
+
+``errors_in_the_apis_words``: no problem body names an internal class (the
+request and response schemas) or a library under the API, whatever input the
+fuzzer made up. Pydantic's messages do by default ("Input should be a valid
+dictionary or instance of TodoCreate").
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from functools import cache
+from typing import Any
+
+import schemathesis
+from pydantic import BaseModel
+
+import app.models
+
+#: Names of the libraries under the API, and of things only they talk about.
+LIBRARY_NAMES = frozenset(
+    {"pydantic", "quart", "Quart", "werkzeug", "motor", "pymongo", "bson", "ObjectId", "Traceback"}
+)
+
+
+@cache
+def internal_names() -> frozenset[str]:
+    """Every schema class in ``app.models``, plus ``LIBRARY_NAMES``."""
+    names = set(LIBRARY_NAMES)
+    for module_info in pkgutil.iter_modules(app.models.__path__):
+        module = importlib.import_module(f"app.models.{module_info.name}")
+        names |= {
+            name
+            for name, value in vars(module).items()
+            if isinstance(value, type)
+            and issubclass(value, BaseModel)
+            and value.__module__ == module.__name__
+        }
+    return frozenset(names)
+
+
+def internal_names_in(text: str) -> list[str]:
+    """The internal names ``text`` mentions, as whole words."""
+    return sorted(name for name in internal_names() if re.search(rf"\b{name}\b", text))
+
+
+@schemathesis.check
+def errors_in_the_apis_words(ctx: Any, response: Any, case: Any) -> None:
+    """Fail when a problem body mentions an internal class or library."""
+    if response.headers.get("content-type", [""])[0].startswith("application/problem+json"):
+        if found := internal_names_in(response.text):
+            raise AssertionError(f"problem body names internals {found}: {response.text}")
