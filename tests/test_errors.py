@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 import pytest
-
 from quart import Quart
 from quart.typing import TestClientProtocol
 
