@@ -41,6 +41,8 @@ class StrictBody(BaseModel):
 
 
 class Credentials(StrictBody):
+    """A new account's username and password."""
+
     username: Username
     password: NewPassword
 
@@ -52,16 +54,22 @@ class Credentials(StrictBody):
 
 
 class LoginBody(StrictBody):
+    """The username and password of an account."""
+
     username: GivenUsername
     password: GivenPassword
 
 
 class PasswordChangeBody(StrictBody):
+    """The current password, and the new one (same rules as at registration)."""
+
     current_password: GivenPassword
     new_password: NewPassword
 
 
 class AccountDeletionBody(StrictBody):
+    """The account's password, to confirm."""
+
     password: GivenPassword
 
 
@@ -80,6 +88,8 @@ class UserOut(BaseModel):
 
 
 class TokenPair(BaseModel):
+    """The tokens of one session: send the access token, trade the refresh token for new ones."""
+
     access_token: str
     refresh_token: str
     token_type: Literal["Bearer"]
