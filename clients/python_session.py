@@ -35,15 +35,15 @@ from todo_api_client.api.todos import (
 from todo_api_client.models import (
     Credentials,
     Deleted,
-    GetListTodosSort,
     Index,
     LoginBody,
+    Priority,
     Problem,
+    Sort,
     Todo,
     TodoCreate,
     TodoPage,
     TodoPatch,
-    TodoPriority,
     TokenPair,
     UserOut,
 )
@@ -117,7 +117,7 @@ def todos(client: AuthenticatedClient) -> None:
         201,
         Todo,
     )
-    assert plain.priority is TodoPriority.NORMAL and plain.due_at is None and plain.tags == []
+    assert plain.priority is Priority.NORMAL and plain.due_at is None and plain.tags == []
     first = created[0]
     assert isinstance(first.created_at, datetime) and is_utc(first.created_at)
     assert first.due_at == due and first.completed_at is None and first.tags == ["contact"]
@@ -138,7 +138,7 @@ def todos(client: AuthenticatedClient) -> None:
             get_list_todos.sync_detailed(
                 client=client,
                 tag="contact",
-                sort=GetListTodosSort.DUE_AT_DESC,
+                sort=Sort.DUE_AT_DESC,
                 limit=2,
                 cursor=cursor,
             ),

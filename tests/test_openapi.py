@@ -109,13 +109,24 @@ async def test_no_pydantic_only_keywords(spec: Spec) -> None:
 
 
 async def test_sort_members_have_names(spec: Spec) -> None:
-    sort = next(
-        p for p in spec["paths"]["/api/v1/todos"]["get"]["parameters"] if p["name"] == "sort"
+    parameters = spec["paths"]["/api/v1/todos"]["get"]["parameters"]
+    sort = next(p for p in parameters if p["name"] == "sort")["schema"]
+    assert sort == {"$ref": "#/components/schemas/Sort", "default": "-created_at"}
+    values, names = (
+        component(spec, sort["$ref"])["enum"],
+        component(spec, sort["$ref"])["x-enum-varnames"],
     )
-    names = sort["schema"]["x-enum-varnames"]
-    assert len(names) == len(sort["schema"]["enum"]) == len(set(names))
-    assert dict(zip(sort["schema"]["enum"], names, strict=True))["-due_at"] == "DUE_AT_DESC"
+    assert len(names) == len(values) == len(set(names))
+    assert dict(zip(values, names, strict=True))["-due_at"] == "DUE_AT_DESC"
     assert all(name.isidentifier() for name in names)
+
+
+async def test_priority_is_one_named_schema(spec: Spec) -> None:
+    """One Priority type in generated clients, not one per model."""
+    schemas = spec["components"]["schemas"]
+    assert schemas["Priority"] == {"enum": ["low", "normal", "high"], "type": "string"}
+    for model in ["Todo", "TodoCreate", "TodoPatch"]:
+        assert schemas[model]["properties"]["priority"]["$ref"] == "#/components/schemas/Priority"
 
 
 async def test_request_schemas_have_no_defaults_and_responses_require_every_field(

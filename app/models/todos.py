@@ -15,6 +15,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import TypeAliasType
 
 from ..clock import format_timestamp, parse_timestamp
 from .absent import never_null
@@ -22,23 +23,26 @@ from .auth import Instant, StrictBody
 
 TAG = re.compile(r"[a-z0-9_-]{1,32}")
 MAX_TAGS = 20
-Sort = Annotated[
-    Literal["created_at", "-created_at", "updated_at", "-updated_at", "due_at", "-due_at"],
-    # Generators name enum members after their values, and "-created_at" is no
-    # identifier (openapi-python-client made it VALUE_1): name each one here.
-    Field(
-        json_schema_extra={
-            "x-enum-varnames": [
-                "CREATED_AT",
-                "CREATED_AT_DESC",
-                "UPDATED_AT",
-                "UPDATED_AT_DESC",
-                "DUE_AT",
-                "DUE_AT_DESC",
-            ]
-        }
-    ),
-]
+Sort = TypeAliasType(
+    "Sort",
+    Annotated[
+        Literal["created_at", "-created_at", "updated_at", "-updated_at", "due_at", "-due_at"],
+        # Generators name enum members after their values, and "-created_at" is no
+        # identifier (openapi-python-client made it VALUE_1): name each one here.
+        Field(
+            json_schema_extra={
+                "x-enum-varnames": [
+                    "CREATED_AT",
+                    "CREATED_AT_DESC",
+                    "UPDATED_AT",
+                    "UPDATED_AT_DESC",
+                    "DUE_AT",
+                    "DUE_AT_DESC",
+                ]
+            }
+        ),
+    ],
+)
 
 
 def _trimmed_title(value: str) -> str:
@@ -76,7 +80,9 @@ def _timestamp(value: Any) -> datetime:
 
 Title = Annotated[str, AfterValidator(_trimmed_title), Field(examples=["Buy milk"])]
 Notes = Annotated[str, Field(max_length=10_000)]
-Priority = Literal["low", "normal", "high"]
+# A named alias: one `Priority` schema that every model refers to, so generated
+# clients get one Priority type instead of one per model.
+Priority = TypeAliasType("Priority", Literal["low", "normal", "high"])
 Tag = Annotated[str, AfterValidator(_tag)]
 Tags = Annotated[list[Tag], AfterValidator(_distinct_tags), Field(examples=[["home"]])]
 Timestamp = Annotated[
