@@ -59,7 +59,24 @@ HEADERS: dict[str, dict[str, Any]] = {
         "description": "Bearer challenge (RFC 6750).",
         "schema": {"type": "string"},
     },
+    # Sent by app/hooks.py on every response (Cache-Control: under /api/v1 only).
+    "Cache-Control": {
+        "description": (
+            "Under /api/v1: `private, no-cache` on a todo with an ETag (keep it, revalidate), "
+            "`no-store` on everything else."
+        ),
+        "schema": {"type": "string", "enum": ["private, no-cache", "no-store"]},
+    },
+    "X-Content-Type-Options": {"schema": {"type": "string", "const": "nosniff"}},
+    "Referrer-Policy": {"schema": {"type": "string", "const": "no-referrer"}},
+    "Content-Security-Policy": {
+        "description": "On JSON bodies: nothing in them may load or run.",
+        "schema": {"type": "string"},
+    },
 }
+#: Headers every response carries (app/hooks.py), and those of responses with a JSON body.
+COMMON_HEADERS = ["X-Request-ID", "Cache-Control", "X-Content-Type-Options", "Referrer-Policy"]
+BODY_HEADERS = ["Content-Security-Policy"]
 REQUEST_HEADERS: dict[str, dict[str, Any]] = {
     "If-Match": {
         "description": (
@@ -134,6 +151,11 @@ def _ref(kind: str, name: str) -> dict[str, str]:
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
+def _header_refs(*name_lists: Any) -> dict[str, dict[str, str]]:
+    """References to the named header components, in order, each once."""
+    return {name: _ref("headers", name) for names in name_lists for name in names}
+
+
 def _refs(node: Any) -> Iterator[tuple[str, str]]:
     """Every (kind, name) that ``node`` refers to, at any depth."""
     if isinstance(node, dict):
@@ -171,10 +193,9 @@ class ApiOpenAPIProvider(OpenAPIProvider):
         components["responses"] = {
             self._problem_name(status): {
                 "description": PROBLEM_DESCRIPTIONS[status],
-                "headers": {
-                    name: _ref("headers", name)
-                    for name in ["X-Request-ID", *PROBLEM_HEADERS.get(status, [])]
-                },
+                "headers": _header_refs(
+                    COMMON_HEADERS, BODY_HEADERS, PROBLEM_HEADERS.get(status, [])
+                ),
                 "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("schemas", "Problem")}},
             }
             for status in PROBLEM_DESCRIPTIONS
@@ -300,21 +321,21 @@ class ApiOpenAPIProvider(OpenAPIProvider):
 
     @staticmethod
     def _add_headers(operation: dict[str, Any], func: Callable[..., Any]) -> None:
-        for status_code, response in operation["responses"].items():
+        responses = operation["responses"]
+        for status, _ in getattr(func, RESPONSE_HEADERS_ATTRIBUTE, ()):
+            responses.setdefault(str(status), {"description": HTTPStatus(status).phrase})
+        named: dict[str, list[str]] = {}
+        for status, names in getattr(func, RESPONSE_HEADERS_ATTRIBUTE, ()):
+            named.setdefault(str(status), []).extend(names)
+        for status_code, response in responses.items():
             response["description"] = (
                 response.get("description") or HTTPStatus(int(status_code)).phrase
             )
-            response.setdefault("headers", {})["X-Request-ID"] = _ref("headers", "X-Request-ID")
-        for status, names in getattr(func, RESPONSE_HEADERS_ATTRIBUTE, ()):
-            response = operation["responses"].setdefault(
-                str(status),
-                {
-                    "description": HTTPStatus(status).phrase,
-                    "headers": {"X-Request-ID": _ref("headers", "X-Request-ID")},
-                },
+            response["headers"] = _header_refs(
+                COMMON_HEADERS,
+                BODY_HEADERS if "content" in response else [],
+                named.get(status_code, []),
             )
-            for name in names:
-                response.setdefault("headers", {})[name] = _ref("headers", name)
         for name in getattr(func, REQUEST_HEADERS_ATTRIBUTE, ()):
             operation["parameters"].append({"name": name, "in": "header", **REQUEST_HEADERS[name]})
 

@@ -17,7 +17,7 @@ class FieldError(BaseModel):
 class Problem(BaseModel):
     """An error. Switch on `code`; `detail` is for humans."""
 
-    model_config = ConfigDict(json_schema_extra=never_null("errors"))
+    model_config = ConfigDict(json_schema_extra=never_null("errors", "errors_omitted"))
 
     type: str = Field(examples=["https://todo-api.example.com/problems/validation_failed"])
     title: str = Field(examples=["Unprocessable Entity"])
@@ -29,5 +29,7 @@ class Problem(BaseModel):
         default=None, description="Present on 422: one entry per invalid input, at most 20."
     )
     errors_omitted: int | None = Field(
-        default=None, description="Present when more than 20 inputs were invalid: how many more."
+        default=None,
+        ge=1,
+        description="Present when more than 20 inputs were invalid: how many more.",
     )
