@@ -29,7 +29,7 @@ from quart_schema.validation import (
 from werkzeug.routing import Rule
 
 from .errors import PROBLEM_CONTENT_TYPE
-from .models.absent import never_null
+from .models.absent import drop_null
 from .models.problem import Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -227,11 +227,9 @@ class ApiOpenAPIProvider(OpenAPIProvider):
             for operation in path.values()
             if "requestBody" in operation
         ]
-        for kind, name in _refs(bodies):
-            for prop in schemas[name].get("properties", {}).values() if kind == "schemas" else ():
-                if "default" not in prop:
-                    continue
-                default = prop.pop("default")
+        for _, name in _refs(bodies):
+            for prop in schemas[name].get("properties", {}).values():
+                default = prop.pop("default", None)
                 if default is not None:
                     described = (
                         f"{prop.get('description', '')} Defaults to `{json.dumps(default)}`."
@@ -269,8 +267,7 @@ class ApiOpenAPIProvider(OpenAPIProvider):
             if field.is_required():
                 parameter["required"] = True
             elif field.default is None:
-                holder = {"properties": {"value": parameter["schema"]}}
-                never_null("value")(holder)
+                drop_null(parameter["schema"])
         return parameters, definitions
 
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -13,17 +13,19 @@ from collections.abc import Callable
 from typing import Any
 
 
+def drop_null(prop: dict[str, Any]) -> None:
+    """Rewrite one property's schema from "X or null, default null" to plain X."""
+    variants = [variant for variant in prop.pop("anyOf", []) if variant.get("type") != "null"]
+    if variants:
+        prop.update(variants[0] if len(variants) == 1 else {"anyOf": variants})
+    prop.pop("default", None)
+
+
 def never_null(*names: str) -> Callable[[dict[str, Any]], None]:
     """A ``json_schema_extra`` hook for a model whose ``names`` may be absent but not null."""
 
     def rewrite(schema: dict[str, Any]) -> None:
         for name in names:
-            prop = schema["properties"][name]
-            variants = [
-                variant for variant in prop.pop("anyOf", []) if variant.get("type") != "null"
-            ]
-            if variants:
-                prop.update(variants[0] if len(variants) == 1 else {"anyOf": variants})
-            prop.pop("default", None)
+            drop_null(schema["properties"][name])
 
     return rewrite
