@@ -42,7 +42,7 @@ NODE_ENV = {"REDOCLY_TELEMETRY": "off", "REDOCLY_SUPPRESS_UPDATE_NOTICE": "true"
 
 
 def run(command: list[str | Path], cwd: Path = ROOT, **env: str) -> str:
-    """Run a tool; print and fail with its output when it fails."""
+    """Run a tool; its output (stdout, then stderr), or print it and fail when the tool fails."""
     result = subprocess.run(
         [str(part) for part in command],
         cwd=cwd,
@@ -55,7 +55,7 @@ def run(command: list[str | Path], cwd: Path = ROOT, **env: str) -> str:
     if result.returncode != 0:
         print(result.stdout, result.stderr, sep="\n")
         raise SystemExit(f"failed ({result.returncode}): {' '.join(map(str, command))}")
-    return result.stdout
+    return result.stdout + result.stderr
 
 
 def python_client(spec: Path, scratch: Path, base_url: str) -> None:
