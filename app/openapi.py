@@ -62,7 +62,7 @@ HEADERS: dict[str, dict[str, Any]] = {
     # Sent by app/hooks.py on every response (Cache-Control: under /api/v1 only).
     "Cache-Control": {
         "description": (
-            "Under /api/v1: `private, no-cache` on a todo with an ETag (keep it, revalidate), "
+            "Under /api/v1: `private, no-cache` on a response with an ETag (keep, revalidate), "
             "`no-store` on everything else."
         ),
         "schema": {"type": "string", "enum": ["private, no-cache", "no-store"]},
