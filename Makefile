@@ -48,7 +48,7 @@ chaos: $(BIN)/.installed
 	MONGO_DRIVER=motor $(BIN)/pytest -q -m chaos tests/chaos
 	MONGO_DRIVER=pymongo $(BIN)/pytest -q -m chaos tests/chaos
 
-## bench: wrk against the real server; BENCH_ARGS=--quick for a one-minute run
+## bench: wrk against this API, the Flask+PyMongo peer and a bare Quart floor; BENCH_ARGS=--quick for ~2 minutes
 bench: $(BIN)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)

@@ -1,14 +1,22 @@
-"""Benchmark the real server with wrk and print requests/s, latency and CPU per request.
+"""Benchmark this API beside its synchronous peer and a bare Quart floor, with wrk.
 
-One embedded database holds the seeded data (many users; one with 1,000
-todos). A server per configuration (driver x workers) runs the container's
-hypercorn command with production settings. Scenarios run interleaved across
-configurations and repeated, so a noisy machine affects them alike; the
-median of the repeats is reported. CPU milliseconds per request come from the
-server process tree's CPU time (/proc), not from wall-clock guesses.
+On one embedded database (SecantusDB) it starts:
 
-    python -m scripts.bench            # full run: 10 s per scenario, 3 repeats
-    python -m scripts.bench --quick    # about a minute
+- this API with the container's hypercorn command and production settings
+  (2 uvloop workers; once per driver asked for),
+- the Flask + PyMongo + gunicorn peer from ``../shared/bench-peers/flask_pymongo``
+  (2 sync workers, its own database on the same server),
+- a bare Quart app on the same hypercorn command (``scripts/bare_quart.py``),
+  the floor for ``healthz``.
+
+Both APIs are seeded the same way through their HTTP APIs (50 users, the
+first with 1,000 todos, the others with 20). Each scenario then runs against
+each target in turn, the targets' order rotating, and the whole round is
+repeated; medians are reported. CPU milliseconds per request come from the
+process trees' CPU time in /proc (server and database separately).
+
+    python -m scripts.bench            # 5 s per run, 3 repeats (about 7 minutes)
+    python -m scripts.bench --quick    # 2 s per run, one pass (about 2 minutes)
 """
 
 from __future__ import annotations
@@ -23,17 +31,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.embedded_db import EmbeddedDatabase, free_port
 from scripts.devserver import ROOT, ServerProcess, call, start_hypercorn, stop, wait_ready
 
-SCENARIOS = ["healthz", "me", "get_todo", "list_100", "create", "patch", "mixed_70_30"]
-USERS = 20
+SCENARIOS = ["healthz", "me", "todo_get", "post", "list_100", "mixed"]
+USERS = 50
 TODOS_OF_FIRST_USER = 1000
+TODOS_OF_OTHERS = 20
 PASSWORD = "benchmark password"  # noqa: S105 (a throwaway benchmark account)
+PEER_DIR = ROOT.parent / "shared" / "bench-peers" / "flask_pymongo"
+PEER = "flask+pymongo"
+FLOOR = "bare quart"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WRK = shutil.which("wrk") or ""
 
@@ -45,30 +59,28 @@ local function auth(i)
   return {["Authorization"] = "Bearer " .. TOKENS[i], ["Content-Type"] = "application/json"}
 end
 local function any_todo(i) local ids = TODO_IDS[i]; return ids[math.random(#ids)] end
+local function get(i) return wrk.format("GET", "/api/v1/todos/" .. any_todo(i), auth(i)) end
+local function me(i) return wrk.format("GET", "/api/v1/auth/me", auth(i)) end
+local function create(i, title)
+  local body = '{"title": "' .. title .. '", "tags": ["bench"]}'
+  return wrk.format("POST", "/api/v1/todos", auth(i), body)
+end
 
 request = function()
   if scenario == "healthz" then return wrk.format("GET", "/healthz") end
-  if scenario == "me" then return wrk.format("GET", "/api/v1/auth/me", auth(1)) end
-  if scenario == "get_todo" then
-    return wrk.format("GET", "/api/v1/todos/" .. any_todo(1), auth(1))
-  end
+  if scenario == "me" then return me(1) end
+  if scenario == "todo_get" then return get(1) end
+  if scenario == "post" then return create(2, "bench") end
   if scenario == "list_100" then return wrk.format("GET", "/api/v1/todos?limit=100", auth(1)) end
-  if scenario == "create" then
-    return wrk.format("POST", "/api/v1/todos", auth(2), '{"title": "bench", "tags": ["bench"]}')
-  end
-  if scenario == "patch" then
-    return wrk.format("PATCH", "/api/v1/todos/" .. any_todo(1), auth(1), '{"notes": "patched"}')
-  end
-  -- mixed: 70 % reads, 30 % writes, spread over every user
+  -- mixed, over every user: 30 % get, 20 % list, 20 % me, 15 % create, 15 % patch
   local user = math.random(#TOKENS)
   local roll = math.random(100)
-  if roll <= 35 then return wrk.format("GET", "/api/v1/todos/" .. any_todo(user), auth(user)) end
-  if roll <= 70 then return wrk.format("GET", "/api/v1/todos?limit=20", auth(user)) end
-  if roll <= 85 then
-    local path = "/api/v1/todos/" .. any_todo(user)
-    return wrk.format("PATCH", path, auth(user), '{"completed": true}')
-  end
-  return wrk.format("POST", "/api/v1/todos", auth(user), '{"title": "mixed"}')
+  if roll <= 30 then return get(user) end
+  if roll <= 50 then return wrk.format("GET", "/api/v1/todos?limit=20", auth(user)) end
+  if roll <= 70 then return me(user) end
+  if roll <= 85 then return create(user, "mixed") end
+  local path = "/api/v1/todos/" .. any_todo(user)
+  return wrk.format("PATCH", path, auth(user), '{"notes": "patched"}')
 end
 
 done = function(summary, latency, requests)
@@ -84,14 +96,30 @@ end
 
 
 @dataclass
+class Target:
+    """One server under test and the scenarios it answers."""
+
+    name: str
+    port: int
+    process: ServerProcess
+    scenarios: list[str]
+    data: dict[str, Any] = field(default_factory=dict)
+    scripts: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
 class Result:
-    config: str
+    target: str
     scenario: str
     requests_per_second: float
     p50_ms: float
     p99_ms: float
     errors: int
     cpu_ms_per_request: float
+    db_cpu_ms_per_request: float
+    rps_vs_peer: float | None = None
+    cpu_vs_peer: float | None = None
+    cpu_vs_floor: float | None = None
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
@@ -111,29 +139,30 @@ def process_tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def _seed_user(port: int, index: int) -> tuple[str, list[str]]:
+    credentials = {"username": f"bench{index}", "password": PASSWORD}
+    status, body = call(port, "POST", "/api/v1/auth/register", credentials)
+    assert status == 201, body
+    status, body = call(port, "POST", "/api/v1/auth/login", credentials)
+    assert status == 200, body
+    token: str = body["access_token"]
+    ids = []
+    for number in range(TODOS_OF_FIRST_USER if index == 0 else TODOS_OF_OTHERS):
+        todo = {"title": f"todo {number}", "tags": ["seed"]}
+        status, body = call(port, "POST", "/api/v1/todos", todo, token)
+        assert status == 201, body
+        ids.append(body["id"])
+    return token, ids[:200]
+
+
 def seed(port: int) -> dict[str, Any]:
-    """Users with tokens; the first has 1,000 todos, the others 20 each."""
-    tokens, todo_ids = [], []
-    for index in range(USERS):
-        credentials = {"username": f"bench{index}", "password": PASSWORD}
-        call(port, "POST", "/api/v1/auth/register", credentials)
-        status, body = call(port, "POST", "/api/v1/auth/login", credentials)
-        assert status == 200, body
-        token = body["access_token"]
-        count = TODOS_OF_FIRST_USER if index == 0 else 20
-        ids = []
-        for number in range(count):
-            status, todo = call(
-                port, "POST", "/api/v1/todos", {"title": f"todo {number}", "tags": ["seed"]}, token
-            )
-            assert status == 201, todo
-            ids.append(todo["id"])
-        tokens.append(token)
-        todo_ids.append(ids[:200])
-    return {"tokens": tokens, "todo_ids": todo_ids}
+    """Users with tokens through the API; the first has 1,000 todos, the others 20."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        users = list(pool.map(lambda index: _seed_user(port, index), range(USERS)))
+    return {"tokens": [token for token, _ in users], "todo_ids": [ids for _, ids in users]}
 
 
-def lua_script(scenario: str, data: dict[str, Any], directory: Path) -> Path:
+def lua_script(scenario: str, data: dict[str, Any], path: Path) -> Path:
     def table(values: list[Any]) -> str:
         return (
             "{" + ", ".join(json.dumps(v) if isinstance(v, str) else table(v) for v in values) + "}"
@@ -141,63 +170,140 @@ def lua_script(scenario: str, data: dict[str, Any], directory: Path) -> Path:
 
     prelude = (
         f"SCENARIO = {json.dumps(scenario)}\n"
-        f"TOKENS = {table(data['tokens'])}\n"
-        f"TODO_IDS = {table(data['todo_ids'])}\n"
+        f"TOKENS = {table(data.get('tokens', []))}\n"
+        f"TODO_IDS = {table(data.get('todo_ids', []))}\n"
     )
-    path = directory / f"{scenario}.lua"
     path.write_text(prelude + LUA)
     return path
 
 
-def run_wrk(
-    port: int, script: Path, seconds: int, connections: int, server_pid: int
-) -> dict[str, Any]:
-    cpu_before = process_tree_cpu_seconds(server_pid)
+def run_wrk(target: Target, scenario: str, seconds: int, connections: int, db_pid: int) -> Any:
+    """One wrk run; its figures plus server and database CPU per request."""
+    server_before = process_tree_cpu_seconds(target.process.pid)
+    db_before = process_tree_cpu_seconds(db_pid)
     output = subprocess.run(
         [
             WRK,
-            f"-t{min(2, connections)}",
+            "-t2",
             f"-c{connections}",
             f"-d{seconds}s",
             "--timeout",
             "5s",
             "-s",
-            str(script),
-            f"http://127.0.0.1:{port}",
+            str(target.scripts[scenario]),
+            f"http://127.0.0.1:{target.port}",
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    cpu_used = process_tree_cpu_seconds(server_pid) - cpu_before
+    server_used = process_tree_cpu_seconds(target.process.pid) - server_before
+    db_used = process_tree_cpu_seconds(db_pid) - db_before
     line = next(line for line in output.splitlines() if line.startswith("RESULT "))
     figures: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
-    figures["cpu_ms_per_request"] = 1000 * cpu_used / max(1, figures["requests"])
+    requests = max(1, figures["requests"])
+    figures["cpu_ms_per_request"] = 1000 * server_used / requests
+    figures["db_cpu_ms_per_request"] = 1000 * db_used / requests
     return figures
 
 
+def summarise(samples: dict[tuple[str, str], list[dict[str, Any]]]) -> list[Result]:
+    """Medians per (target, scenario), with ratios to the peer and to the floor."""
+
+    def median(runs: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> float:
+        return statistics.median(key(run) for run in runs)
+
+    results = {
+        key: Result(
+            target=key[0],
+            scenario=key[1],
+            requests_per_second=median(runs, lambda f: f["requests"] / f["seconds"]),
+            p50_ms=median(runs, lambda f: f["p50_ms"]),
+            p99_ms=median(runs, lambda f: f["p99_ms"]),
+            errors=sum(f["socket_errors"] + f["non_2xx"] for f in runs),
+            cpu_ms_per_request=median(runs, lambda f: f["cpu_ms_per_request"]),
+            db_cpu_ms_per_request=median(runs, lambda f: f["db_cpu_ms_per_request"]),
+        )
+        for key, runs in samples.items()
+    }
+    for result in results.values():
+        peer = results.get((PEER, result.scenario))
+        if peer is not None and result.target != PEER:
+            result.rps_vs_peer = result.requests_per_second / peer.requests_per_second
+            result.cpu_vs_peer = result.cpu_ms_per_request / peer.cpu_ms_per_request
+        floor = results.get((FLOOR, result.scenario))
+        if floor is not None and result.target != FLOOR:
+            result.cpu_vs_floor = result.cpu_ms_per_request / floor.cpu_ms_per_request
+    return sorted(results.values(), key=lambda r: (SCENARIOS.index(r.scenario), r.target))
+
+
 def markdown(results: list[Result]) -> str:
+    def ratio(value: float | None) -> str:
+        return "" if value is None else f"{value:.2f}x"
+
     lines = [
-        "| scenario | config | req/s | p50 ms | p99 ms | errors | server CPU ms/req |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | target | req/s | p50 ms | p99 ms | errors | server CPU ms/req "
+        "| DB CPU ms/req | req/s vs peer | CPU vs peer | CPU vs floor |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for result in sorted(results, key=lambda r: (SCENARIOS.index(r.scenario), r.config)):
+    for r in results:
         lines.append(
-            f"| {result.scenario} | {result.config} | {result.requests_per_second:,.0f} | "
-            f"{result.p50_ms:.1f} | {result.p99_ms:.1f} | {result.errors} | "
-            f"{result.cpu_ms_per_request:.2f} |"
+            f"| {r.scenario} | {r.target} | {r.requests_per_second:,.0f} | {r.p50_ms:.1f} | "
+            f"{r.p99_ms:.1f} | {r.errors} | {r.cpu_ms_per_request:.2f} | "
+            f"{r.db_cpu_ms_per_request:.2f} | {ratio(r.rps_vs_peer)} | {ratio(r.cpu_vs_peer)} | "
+            f"{ratio(r.cpu_vs_floor)} |"
         )
     return "\n".join(lines)
 
 
+def start_targets(
+    drivers: list[str], database: EmbeddedDatabase, log: Path, workers: int
+) -> list[Target]:
+    """This API per driver, the peer and the floor, all on ``database``; wait until ready."""
+    secret = secrets.token_hex(32)
+    production = {
+        "APP_ENV": "production",
+        "MONGO_URI": database.uri,
+        "JWT_SECRET_KEY": secret,
+        "REGISTRATIONS_PER_ADDRESS": "1000000",
+        "WEB_CONCURRENCY": str(workers),
+    }
+    targets = []
+    for driver in drivers:
+        port = free_port()
+        server = start_hypercorn(port, {**production, "MONGO_DRIVER": driver}, workers, log)
+        targets.append(Target(f"api {driver}", port, server, SCENARIOS))
+    port = free_port()
+    peer = ServerProcess(
+        [str(PEER_DIR / "run.sh"), str(port)],
+        {
+            **os.environ,
+            "MONGO_URI": database.uri + "&journal=true",
+            "MONGO_DB": "peer",
+            "JWT_SECRET_KEY": secret,
+            "WORKERS": str(workers),
+        },
+        log,
+    )
+    targets.append(Target(PEER, port, peer, SCENARIOS))
+    port = free_port()
+    floor = start_hypercorn(port, production, workers, log, "scripts.bare_quart:create_app()")
+    targets.append(Target(FLOOR, port, floor, ["healthz"]))
+    for target in targets:
+        # The peer's first start installs its own virtual environment.
+        path = "/healthz" if target.name == FLOOR else "/readyz"
+        wait_ready(target.port, target.process, seconds=300, path=path)
+    return targets
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 s per scenario, one pass")
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="2 s per run, one pass")
+    parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--drivers", default="motor,pymongo")
-    parser.add_argument("--workers", default="1,2")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
@@ -206,79 +312,64 @@ def main() -> int:
     if not WRK:
         sys.exit("wrk is not installed: `make bench` installs Debian's wrk package")
     scenarios = args.scenarios.split(",")
-    configs = [(d, int(w)) for d in args.drivers.split(",") for w in args.workers.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
+    log = args.out / "server.log"
+    log.write_text("")
 
     database = EmbeddedDatabase(":memory:")
     database.start()
-    secret = secrets.token_hex(32)
-    base_env = {
-        "APP_ENV": "production",
-        "MONGO_URI": database.uri,
-        "JWT_SECRET_KEY": secret,
-        "REGISTRATIONS_PER_ADDRESS": "1000000",
-        "LOG_LEVEL": "WARNING",
-    }
-    servers: dict[str, tuple[int, ServerProcess]] = {}
+    assert database.process is not None
+    db_pid = database.process.pid
+    targets: list[Target] = []
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
     try:
-        for driver, workers in configs:
-            name = f"{driver}, {workers} worker{'s' if workers > 1 else ''}"
-            port = free_port()
-            server = start_hypercorn(
-                port, {**base_env, "MONGO_DRIVER": driver}, workers, log=args.out / "server.log"
-            )
-            servers[name] = (port, server)
-        for port, server in servers.values():
-            wait_ready(port, server)
-        first_port = next(iter(servers.values()))[0]
+        targets = start_targets(args.drivers.split(","), database, log, args.workers)
         started = time.monotonic()
-        data = seed(first_port)
-        print(
-            f"seeded {USERS} users and {TODOS_OF_FIRST_USER + 20 * (USERS - 1)} todos "
-            f"in {time.monotonic() - started:.1f} s",
-            flush=True,
-        )
-        with tempfile.TemporaryDirectory() as scratch:
-            scripts = {s: lua_script(s, data, Path(scratch)) for s in scenarios}
-            for repeat in range(args.repeats):
-                for scenario in scenarios:
-                    for name, (port, server) in servers.items():
-                        figures = run_wrk(
-                            port, scripts[scenario], args.seconds, args.connections, server.pid
-                        )
-                        samples.setdefault((name, scenario), []).append(figures)
-                        print(
-                            f"[{repeat + 1}/{args.repeats}] {scenario:12} {name:22} "
-                            f"{figures['requests'] / figures['seconds']:8.0f} req/s "
-                            f"p99 {figures['p99_ms']:.1f} ms",
-                            flush=True,
-                        )
+        # Every API target of this project shares one database: seed it once.
+        api_data = seed(targets[0].port)
+        peer_data = seed(next(t for t in targets if t.name == PEER).port)
+        print(f"seeded both databases in {time.monotonic() - started:.0f} s", flush=True)
+        scratch = Path(tempfile.mkdtemp(prefix="bench-"))
+        for target in targets:
+            target.data = peer_data if target.name == PEER else api_data
+            target.scripts = {
+                s: lua_script(s, target.data, scratch / f"{target.port}-{s}.lua")
+                for s in target.scenarios
+            }
+            run_wrk(target, target.scenarios[-1], 1, args.connections, db_pid)  # warm up
+        for repeat in range(args.repeats):
+            for scenario in scenarios:
+                shift = (repeat + SCENARIOS.index(scenario)) % len(targets)
+                for target in targets[shift:] + targets[:shift]:
+                    if scenario not in target.scenarios:
+                        continue
+                    figures = run_wrk(target, scenario, args.seconds, args.connections, db_pid)
+                    samples.setdefault((target.name, scenario), []).append(figures)
+                    print(
+                        f"[{repeat + 1}/{args.repeats}] {scenario:9} {target.name:14} "
+                        f"{figures['requests'] / figures['seconds']:7.0f} req/s  "
+                        f"cpu {figures['cpu_ms_per_request']:.2f} ms/req  "
+                        f"db {figures['db_cpu_ms_per_request']:.2f} ms/req  "
+                        f"errors {figures['socket_errors'] + figures['non_2xx']}",
+                        flush=True,
+                    )
+        shutil.rmtree(scratch)
     finally:
-        for _, server in servers.values():
-            stop(server)
+        for target in targets:
+            stop(target.process)
         database.stop()
 
-    results = [
-        Result(
-            config=name,
-            scenario=scenario,
-            requests_per_second=statistics.median(f["requests"] / f["seconds"] for f in runs),
-            p50_ms=statistics.median(f["p50_ms"] for f in runs),
-            p99_ms=statistics.median(f["p99_ms"] for f in runs),
-            errors=sum(f["socket_errors"] + f["non_2xx"] for f in runs),
-            cpu_ms_per_request=statistics.median(f["cpu_ms_per_request"] for f in runs),
-        )
-        for (name, scenario), runs in samples.items()
-    ]
+    results = summarise(samples)
     table = markdown(results)
-    (args.out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    (args.out / "results.md").write_text(table + "\n")
-    print()
-    print(
-        f"{args.connections} connections, {args.seconds} s per run, median of {args.repeats}; "
-        f"{os.cpu_count()} cores"
+    heading = (
+        f"wrk -t2 -c{args.connections} -d{args.seconds}s, {len(targets) - 1} servers of "
+        f"{args.workers} workers and a floor, median of {args.repeats}, "
+        f"{os.cpu_count()} cores shared by wrk, servers and SecantusDB"
     )
+    (args.out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    (args.out / "results.md").write_text(heading + "\n\n" + table + "\n")
+    print()
+    print(heading)
     print(table)
     return 0
 

@@ -40,7 +40,11 @@ class ServerProcess(subprocess.Popen[bytes]):
 
 
 def start_hypercorn(
-    port: int, env: dict[str, str], workers: int = 2, log: Path | None = None
+    port: int,
+    env: dict[str, str],
+    workers: int = 2,
+    log: Path | None = None,
+    application: str = "asgi:app",
 ) -> ServerProcess:
     """The Dockerfile's command on a loopback port, logging to ``log`` (or a temp file)."""
     if log is None:
@@ -56,7 +60,7 @@ def start_hypercorn(
             f"127.0.0.1:{port}",
             "--workers",
             str(workers),
-            "asgi:app",
+            application,
         ],
         {**os.environ, **env},
         log,
@@ -90,13 +94,15 @@ def call(
         return error.code, json.loads(error.read() or b"null")
 
 
-def wait_ready(port: int, server: ServerProcess, seconds: float = 30) -> None:
+def wait_ready(
+    port: int, server: ServerProcess, seconds: float = 30, path: str = "/readyz"
+) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"server exited with {server.returncode}:\n{server.output()}")
         try:
-            if call(port, "GET", "/readyz")[0] == 200:
+            if call(port, "GET", path)[0] == 200:
                 return
         except OSError:
             pass
