@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 from quart import Quart, Response, current_app
 
 from .errors import ApiError, handle_unexpected, problem_response
@@ -23,13 +23,11 @@ from .errors import ApiError, handle_unexpected, problem_response
 logger = logging.getLogger(__name__)
 
 
-def sort_index_name(field: str, direction: int) -> str:
-    """The todos index that serves a list sorted on ``field`` (the store hints it)."""
-    return f"owner_{field}_{'asc' if direction == ASCENDING else 'desc'}"
-
-
 #: Indexes per collection. ``create_indexes`` is idempotent, so every worker
-#: may run it at start.
+#: may run it at start. Todos: one (owner, sort field, _id) index per sort,
+#: which MongoDB walks either way, so it serves both directions of a sort
+#: (SecantusDB uses any owner-prefixed one to find the owner's todos), and
+#: (owner, tags) for tag filters. Each index costs every write on both engines.
 INDEXES: dict[str, list[IndexModel]] = {
     "users": [IndexModel([("username_key", ASCENDING)], unique=True, name="username_key_unique")],
     "sessions": [
@@ -43,14 +41,31 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
     "todos": [
         IndexModel(
-            [("owner", ASCENDING), (sort_field, direction), ("_id", direction)],
-            name=sort_index_name(sort_field, direction),
+            [("owner", ASCENDING), (sort_field, ASCENDING), ("_id", ASCENDING)],
+            name=f"owner_{sort_field}_asc",
         )
         for sort_field in ("created_at", "updated_at", "due_key")
-        for direction in (ASCENDING, DESCENDING)
     ]
     + [IndexModel([("owner", ASCENDING), ("tags", ASCENDING)], name="owner_tags")],
 }
+
+#: Indexes earlier versions created, dropped at start: the descending twins of
+#: the sort indexes, redundant since MongoDB walks an index either way.
+RETIRED_INDEXES = {
+    "todos": [f"owner_{field}_desc" for field in ("created_at", "updated_at", "due_key")]
+}
+
+#: The server's codes for dropping an index of a missing collection, or a missing index.
+NOTHING_TO_DROP = {26, 27}
+
+
+async def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run ``pipeline`` and return every document: Motor's ``aggregate`` returns
+    the cursor, PyMongo's async client a coroutine of it."""
+    cursor = collection.aggregate(pipeline)
+    if asyncio.iscoroutine(cursor):
+        cursor = await cursor
+    return [document async for document in cursor]
 
 
 def is_unavailable(error: BaseException) -> bool:
@@ -58,6 +73,15 @@ def is_unavailable(error: BaseException) -> bool:
     return isinstance(error, ConnectionFailure) or (
         isinstance(error, PyMongoError) and error.timeout
     )
+
+
+async def _drop_index(collection: Any, name: str) -> None:
+    """Drop ``name`` if it exists (every worker tries; the first one wins)."""
+    try:
+        await collection.drop_index(name)
+    except OperationFailure as error:
+        if error.code not in NOTHING_TO_DROP:
+            raise
 
 
 @dataclass
@@ -132,6 +156,13 @@ class Mongo:
     async def _ensure_indexes(state: _Connection) -> None:
         await asyncio.gather(
             *(state.database[name].create_indexes(models) for name, models in INDEXES.items())
+        )
+        await asyncio.gather(
+            *(
+                _drop_index(state.database[name], index)
+                for name, indexes in RETIRED_INDEXES.items()
+                for index in indexes
+            )
         )
         state.indexes_ready = True
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from bson import ObjectId
 
+from app import create_app
 from app.models.todos import ListQuery
-from app.stores.todos import list_query
+from app.stores.todos import list_pipeline
 from tests.conftest import Api
 
 TODOS = "/api/v1/todos"
@@ -222,18 +225,60 @@ async def test_cursor_is_bound_to_sort_filters_and_user(api: Api) -> None:
 
 
 @pytest.mark.parametrize("sort", SORTS)
-async def test_list_queries_use_an_owner_index(db: Any, sort: str) -> None:
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"tag": "home"}, {"completed": "true", "q": "milk", "due_before": "2027-01-01T00:00:00Z"}],
+)
+@pytest.mark.parametrize("with_cursor", [False, True])
+async def test_every_list_shape_reads_through_an_owner_index(
+    db: Any, sort: str, params: dict[str, str], with_cursor: bool
+) -> None:
+    """The page's plan starts from an owner-prefixed index, never a collection scan:
+    on SecantusDB that bounds a page to the owner's todos (see list_pipeline)."""
     owner = ObjectId()
-    query = ListQuery.model_validate(
-        {"sort": sort, "tag": "home", "completed": "true", "q": "milk"}
-    )
-    spec, order, index = list_query(owner, query.filters(), query.sort, None)
-    plan = await db["todos"].find(spec).sort(order).hint(index).explain()
-    stages = _stages(plan["queryPlanner"]["winningPlan"])
+    query = ListQuery.model_validate({"sort": sort, **params})
+    after = (datetime(2026, 1, 1, tzinfo=UTC), ObjectId()) if with_cursor else None
+    pipeline = list_pipeline(owner, query.filters(), query.sort, after, 21)
+    plan = await db.command("aggregate", "todos", pipeline=pipeline, explain=True)
+    planner = plan.get("queryPlanner") or plan["stages"][0]["$cursor"]["queryPlanner"]
+    stages = _stages(planner["winningPlan"])
     scans = [stage for stage in stages if stage.get("stage") == "IXSCAN"]
-    assert [scan["indexName"] for scan in scans] == [index], stages
-    assert next(iter(scans[0]["keyPattern"])) == "owner"
+    assert scans, stages
+    assert all(next(iter(scan["keyPattern"])) == "owner" for scan in scans), stages
     assert "COLLSCAN" not in {stage.get("stage") for stage in stages}
+    if "tag" in params:
+        assert scans[0]["indexName"] == "owner_tags"
+
+
+async def test_indexes_are_one_per_sort_field_and_the_tag_index(db: Any) -> None:
+    """MongoDB walks an index either way, so no descending twins (each index costs writes)."""
+    names = {index["name"] async for index in await _list_indexes(db["todos"])}
+    assert names == {
+        "_id_",
+        "owner_created_at_asc",
+        "owner_updated_at_asc",
+        "owner_due_key_asc",
+        "owner_tags",
+    }
+
+
+async def test_a_restart_drops_the_retired_descending_indexes(
+    settings: dict[str, Any], db: Any
+) -> None:
+    await db["todos"].create_index(
+        [("owner", 1), ("created_at", -1), ("_id", -1)], name="owner_created_at_desc"
+    )
+    restarted = await create_app(settings)
+    async with restarted.test_app():
+        names = {index["name"] async for index in await _list_indexes(db["todos"])}
+    assert "owner_created_at_desc" not in names
+    assert "owner_created_at_asc" in names
+
+
+async def _list_indexes(collection: Any) -> Any:
+    """Motor returns the cursor, PyMongo's async client a coroutine of it."""
+    cursor = collection.list_indexes()
+    return await cursor if inspect.isawaitable(cursor) else cursor
 
 
 def _stages(plan: dict[str, Any]) -> list[dict[str, Any]]:

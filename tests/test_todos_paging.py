@@ -136,6 +136,6 @@ async def test_a_cursor_is_bound_to_search_and_due_bounds(
 async def test_listing_works_while_the_sort_index_is_missing(api: Api, db: Any) -> None:
     headers = await api.headers()
     todos = await seed(api, headers, 5)
-    await db["todos"].drop_index("owner_created_at_desc")
+    await db["todos"].drop_index("owner_created_at_asc")
     seen = await walk(api, headers, limit=2)
     assert [t["id"] for t in seen] == expected_order(todos, "-created_at")

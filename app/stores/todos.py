@@ -13,15 +13,13 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from ..db import sort_index_name
+from ..db import aggregate
 from ..extensions import mongo
 
 Todo = dict[str, Any]
 
-#: The server's error for a hint naming no existing index (MongoDB and SecantusDB alike).
-BAD_VALUE = 2
 DUPLICATE_KEY = 11000
 
 #: Later than any accepted due date (the models refuse this last millisecond).
@@ -125,28 +123,46 @@ async def delete_all_of(owner: ObjectId) -> int:
     return int(result.deleted_count)
 
 
-def list_query(
+def list_pipeline(
     owner: ObjectId,
     filters: dict[str, Any],
     sort: str,
     after: tuple[datetime, ObjectId] | None,
-) -> tuple[dict[str, Any], list[tuple[str, int]], str]:
-    """The filter, sort and index of one page.
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The aggregation pipeline of one page: match, sort, limit.
 
-    The index on (owner, sort field, _id) is named explicitly: it gives the
-    order on MongoDB, and SecantusDB's planner would not pick it by itself
-    once other filters are present.
+    Shaped for both engines (measured in ``scripts/list_plans.py``):
+
+    - The first ``$match`` is what an index serves: the owner (and the tag,
+      for the (owner, tags) index). SecantusDB plans an index only for a
+      filter of plain fields (a top-level ``$and``/``$or`` sends it to a
+      collection scan) and always sorts in memory, so a page costs the
+      owner's (tagged) todos, never other users'.
+    - Every other condition goes in a second ``$match``, which SecantusDB
+      applies to those todos alone.
+    - No index hint: SecantusDB walks a hinted index from end to end (every
+      owner's entries), while MongoDB merges the two ``$match`` stages and
+      picks the (owner, sort field, _id) index for the sort by itself.
     """
     field = SORT_FIELDS[sort.lstrip("-")]
     direction = DESCENDING if sort.startswith("-") else ASCENDING
-    clauses: list[dict[str, Any]] = []
-    if filters.get("completed") is not None:
-        clauses.append({"completed": filters["completed"] == "true"})
+    indexed: dict[str, Any] = {"owner": owner}
     if filters.get("tag") is not None:
-        clauses.append({"tags": filters["tag"]})
+        indexed["tags"] = filters["tag"]
+    rest: list[dict[str, Any]] = []
+    if filters.get("completed") is not None:
+        rest.append({"completed": filters["completed"] == "true"})
+    due_bounds: dict[str, datetime] = {}
+    if filters.get("due_before") is not None:
+        due_bounds["$lt"] = filters["due_before"]
+    if filters.get("due_after") is not None:
+        due_bounds["$gt"] = filters["due_after"]
+    if due_bounds:
+        rest.append({"due_at": {"$type": "date", **due_bounds}})
     if filters.get("q") is not None:
         pattern = re.escape(filters["q"])
-        clauses.append(
+        rest.append(
             {
                 "$or": [
                     {"title": {"$regex": pattern, "$options": "i"}},
@@ -154,17 +170,10 @@ def list_query(
                 ]
             }
         )
-    due_bounds: dict[str, datetime] = {}
-    if filters.get("due_before") is not None:
-        due_bounds["$lt"] = filters["due_before"]
-    if filters.get("due_after") is not None:
-        due_bounds["$gt"] = filters["due_after"]
-    if due_bounds:
-        clauses.append({"due_at": {"$type": "date", **due_bounds}})
     if after is not None:
         beyond = "$gt" if direction == ASCENDING else "$lt"
         last_value, last_id = after
-        clauses.append(
+        rest.append(
             {
                 "$or": [
                     {field: {beyond: last_value}},
@@ -172,10 +181,11 @@ def list_query(
                 ]
             }
         )
-    query: dict[str, Any] = {"owner": owner}
-    if clauses:
-        query["$and"] = clauses
-    return query, [(field, direction), ("_id", direction)], sort_index_name(field, direction)
+    pipeline: list[dict[str, Any]] = [{"$match": indexed}]
+    if rest:
+        pipeline.append({"$match": {"$and": rest}})
+    pipeline += [{"$sort": {field: direction, "_id": direction}}, {"$limit": limit}]
+    return pipeline
 
 
 def sort_value(todo: Todo, sort: str) -> datetime:
@@ -192,19 +202,4 @@ async def page(
     limit: int,
 ) -> list[Todo]:
     """Up to ``limit`` todos after the ``after`` position, in ``sort`` order."""
-    query, order, index = list_query(owner, filters, sort, after)
-    try:
-        return await _fetch(query, order, index, limit)
-    except OperationFailure as error:
-        if error.code != BAD_VALUE:
-            raise
-        # The index is not there (yet): after a start without the database the
-        # indexes are built in the background. Same page, only slower.
-        return await _fetch(query, order, None, limit)
-
-
-async def _fetch(
-    query: dict[str, Any], order: list[tuple[str, int]], index: str | None, limit: int
-) -> list[Todo]:
-    cursor = _todos().find(query).sort(order).hint(index).limit(limit)
-    return [todo async for todo in cursor]
+    return await aggregate(_todos(), list_pipeline(owner, filters, sort, after, limit))
