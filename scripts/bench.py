@@ -265,7 +265,11 @@ def start_targets(
         "APP_ENV": "production",
         "MONGO_URI": database.uri,
         "JWT_SECRET_KEY": secret,
+        # Seeding registers and logs in 50 users from one address, and the
+        # post scenario creates tens of thousands of todos for one user.
         "REGISTRATIONS_PER_ADDRESS": "1000000",
+        "LOGIN_ATTEMPTS_PER_ADDRESS": "1000000",
+        "TODOS_PER_USER": "10000000",
         "WEB_CONCURRENCY": str(workers),
     }
     targets = []
