@@ -21,9 +21,9 @@ def utcnow() -> datetime:
 
 
 def format_timestamp(moment: datetime) -> str:
-    """``2026-11-23T18:24:17.123Z``; years below 1000 too (``%Y`` gives ``28``, not ``0028``)."""
-    utc = moment.astimezone(UTC)
-    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    """``2026-11-23T18:24:17.123Z``: ``isoformat`` (in C, and four-digit years
+    below 1000, which ``strftime("%Y")`` leaves unpadded) with ``Z`` for ``+00:00``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def parse_timestamp(text: str) -> datetime:

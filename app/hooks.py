@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 
 import orjson
 from quart import Quart, Response, current_app, g, request
@@ -22,18 +22,37 @@ access_logger = logging.getLogger("app.access")
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
 API_PREFIX = "/api/"
+JSON_TYPES = frozenset({"application/json", PROBLEM_CONTENT_TYPE})
+HTTP1 = frozenset({"1.0", "1.1"})
 EXPOSED_HEADERS = ["ETag", "Location", "Retry-After", "X-Request-ID", "WWW-Authenticate"]
 
 
 async def assign_request_id() -> None:
-    """Echo the client's ``X-Request-ID`` when it is a sane token, else make one."""
+    """Echo the client's ``X-Request-ID`` when it is a sane token, else make one
+    (128 random bits, as hex)."""
     g.started_at = time.perf_counter()
     offered = request.headers.get("X-Request-ID", "")
-    g.request_id = offered if SANE_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+    g.request_id = offered if SANE_REQUEST_ID.fullmatch(offered) else secrets.token_hex(16)
+
+
+def _has_no_body() -> bool:
+    """True when HTTP/1 framing says the request has no body: no (or a zero)
+    Content-Length and no Transfer-Encoding. HTTP/2 frames a body without
+    either header, so there the body is always read."""
+    length = request.content_length
+    if length == 0:
+        return True
+    return (
+        length is None
+        and request.http_version in HTTP1
+        and "Transfer-Encoding" not in request.headers
+    )
 
 
 async def check_body() -> None:
     """Refuse oversized, non-JSON and malformed bodies before anything reads them."""
+    if _has_no_body():  # most requests (GET, DELETE): nothing to check
+        return
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"The body is larger than {limit} bytes.")
@@ -64,30 +83,39 @@ def _cache_policy(response: Response) -> str:
 async def finish_response(response: Response) -> Response:
     """Add the request id and security headers, and write the access log line."""
     request_id = g.get("request_id", "")
-    response.headers["X-Request-ID"] = request_id
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    if response.mimetype in {"application/json", PROBLEM_CONTENT_TYPE}:
-        response.headers.setdefault("Content-Security-Policy", JSON_CSP)
-    if request.path.startswith(API_PREFIX) and "Cache-Control" not in response.headers:
-        response.headers["Cache-Control"] = _cache_policy(response)
+    headers = response.headers
+    headers["X-Request-ID"] = request_id
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    # The media type without parameters; cheaper than parsing ``response.mimetype``.
+    if (response.content_type or "").partition(";")[0] in JSON_TYPES:
+        headers.setdefault("Content-Security-Policy", JSON_CSP)
+    path = request.path
+    if path.startswith(API_PREFIX) and "Cache-Control" not in headers:
+        headers["Cache-Control"] = _cache_policy(response)
+    if access_logger.isEnabledFor(logging.INFO):
+        _log_access(path, response.status_code, request_id)
+    return response
+
+
+def _log_access(path: str, status: int, request_id: str) -> None:
     duration_ms = round((time.perf_counter() - g.get("started_at", time.perf_counter())) * 1000, 2)
+    method = request.method
     access_logger.info(
         "%s %s %s %.2fms request_id=%s",
-        request.method,
-        request.path,
-        response.status_code,
+        method,
+        path,
+        status,
         duration_ms,
         request_id,
         extra={
-            "method": request.method,
-            "path": request.path,
-            "status": response.status_code,
+            "method": method,
+            "path": path,
+            "status": status,
             "duration_ms": duration_ms,
             "request_id": request_id,
         },
     )
-    return response
 
 
 def init_app(app: Quart) -> Quart:

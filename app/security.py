@@ -1,10 +1,13 @@
 """Tokens, sessions and the decorators that protect routes.
 
-Quart-JWT-Extended signs and verifies the tokens. Its revocation and
-user-loader hooks cannot be async, so the session check (is the session
-still open?) happens here, in the project's own async decorators, right after
-the library has verified the token. Every token failure becomes a 401 with its
-own ``code``; no decoder text reaches a client.
+Quart-JWT-Extended signs the tokens; verifying them, on every authenticated
+request, is PyJWT's ``decode`` called once with a key and options prepared
+once per app (the library's ``decode_token`` parses each token three times
+and looks its settings up on every call). Its revocation and user-loader
+hooks cannot be async anyway, so the session check (is the session still
+open?) happens here, in the project's own async decorators, right after the
+token is verified. Every token failure becomes a 401 with its own ``code``;
+no decoder text reaches a client.
 """
 
 from __future__ import annotations
@@ -19,14 +22,7 @@ from typing import Any, ParamSpec, TypeVar
 import jwt as pyjwt
 from bson import ObjectId
 from quart import Quart, current_app, g, request
-from quart_jwt_extended import (
-    JWTManager,
-    create_access_token,
-    create_refresh_token,
-    decode_token,
-)
-from quart_jwt_extended.exceptions import WrongTokenError
-from quart_jwt_extended.utils import verify_token_type
+from quart_jwt_extended import JWTManager, create_access_token, create_refresh_token
 from quart_schema import security_scheme
 
 from .errors import ApiError, problem_response, unauthorized
@@ -98,26 +94,55 @@ class TokenClaims:
     generation: int  # the refresh token's place in its session; 0 for access tokens
 
 
-def _verified_claims(expected_type: str) -> TokenClaims:
-    """Verify the request's token with Quart-JWT-Extended; map each failure to a code."""
-    token = _bearer_token()
-    try:
-        claims = decode_token(token)
-        if not isinstance(claims.get("exp"), int):
-            raise pyjwt.MissingRequiredClaimError("exp")
-        verify_token_type(claims, expected_type)
-        session_claims = claims[current_app.config["JWT_USER_CLAIMS"]]
+class WrongTokenType(Exception):
+    """An access token where a refresh token belongs, or the reverse."""
+
+
+class TokenVerifier:
+    """Verifies this app's tokens: PyJWT with the key and options fixed at start."""
+
+    TOKEN_TYPES = frozenset({"access", "refresh"})
+
+    def __init__(self, secret: str, algorithm: str, identity_claim: str, user_claims: str):
+        self._key = secret.encode()
+        self._algorithms = [algorithm]
+        self._identity_claim = identity_claim
+        self._user_claims = user_claims
+        # Tokens always carry exp, the identity and the type; none is optional.
+        self._decoder = pyjwt.PyJWT(options={"require": ["exp", identity_claim, "type"]})
+
+    def verify(self, token: str, expected_type: str) -> TokenClaims:
+        """The claims of a token signed with this app's key; raises on any fault.
+
+        ``pyjwt.ExpiredSignatureError`` for a good signature past ``exp``,
+        ``WrongTokenType`` for the other kind of token, anything else for a
+        token that is unreadable, tampered or signed otherwise.
+        """
+        claims = self._decoder.decode(token, self._key, algorithms=self._algorithms)
+        if not isinstance(claims["exp"], int) or claims["type"] not in self.TOKEN_TYPES:
+            raise pyjwt.InvalidTokenError("exp or type")
+        if claims["type"] != expected_type:
+            raise WrongTokenType(claims["type"])
+        session_claims = claims[self._user_claims]
         session_id = session_claims["sid"]
         if not isinstance(session_id, str):
             raise TypeError("sid")
         return TokenClaims(
-            user_id=ObjectId(claims[current_app.config["JWT_IDENTITY_CLAIM"]]),
+            user_id=ObjectId(claims[self._identity_claim]),
             session_id=session_id,
             generation=int(session_claims["gen"]) if expected_type == "refresh" else 0,
         )
+
+
+def _verified_claims(expected_type: str) -> TokenClaims:
+    """Verify the request's token; map each failure to its code."""
+    token = _bearer_token()
+    verifier: TokenVerifier = current_app.extensions["token_verifier"]
+    try:
+        return verifier.verify(token, expected_type)
     except pyjwt.ExpiredSignatureError:
         raise _expired(expected_type) from None
-    except WrongTokenError:
+    except WrongTokenType:
         raise unauthorized("token_wrong_type", f"Send the {expected_type} token here.") from None
     except Exception:  # any other failure: unreadable, tampered, wrong key or algorithm
         raise _token_invalid() from None
@@ -191,14 +216,21 @@ def require_refresh(view: Callable[..., Awaitable[R]]) -> Callable[..., Awaitabl
 
 
 def init_app(app: Quart, jwt: JWTManager) -> None:
-    """Bind Quart-JWT-Extended and route every one of its error loaders to problem+json.
+    """Bind Quart-JWT-Extended (it issues tokens), prepare the verifier, and route
+    every one of the library's error loaders to problem+json.
 
     The decorators above raise before the library's handlers could run; the
     loaders are overridden anyway so no default 422 with decoder text remains.
     """
     app.config["JWT_ACCESS_TOKEN_EXPIRES"] = int(app.config["JWT_ACCESS_TOKEN_EXPIRES"])
     app.config["JWT_REFRESH_TOKEN_EXPIRES"] = int(app.config["JWT_REFRESH_TOKEN_EXPIRES"])
-    jwt.init_app(app)
+    jwt.init_app(app)  # also fills in the library's defaults read below
+    app.extensions["token_verifier"] = TokenVerifier(
+        app.config["JWT_SECRET_KEY"],
+        app.config["JWT_ALGORITHM"],
+        app.config["JWT_IDENTITY_CLAIM"],
+        app.config["JWT_USER_CLAIMS"],
+    )
 
     def invalid(*_: Any) -> Any:
         return problem_response(_token_invalid())

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jwt
@@ -25,6 +26,12 @@ def claims_of(token: str) -> dict[str, Any]:
 def forge(token: str, key: str, algorithm: str = "HS256", **changes: Any) -> str:
     """Re-sign a real token's claims with ``changes`` applied."""
     return jwt.encode({**claims_of(token), **changes}, key, algorithm=algorithm)
+
+
+def strip(token: str, key: str, *names: str) -> str:
+    """Re-sign a real token's claims without ``names``."""
+    claims = {name: value for name, value in claims_of(token).items() if name not in names}
+    return jwt.encode(claims, key, algorithm="HS256")
 
 
 @pytest.fixture
@@ -62,6 +69,12 @@ async def test_invalid_tokens(api: Api, secret: str) -> None:
         "expired with a wrong key": forge(
             access, "another-key-that-is-long-enough-0123456789", exp=int(time.time()) - 60
         ),
+        "no exp": strip(access, secret, "exp"),
+        "no sub": strip(access, secret, "sub"),
+        "no type": strip(access, secret, "type"),
+        "an unknown type": forge(access, secret, type="id"),
+        "a fractional exp": forge(access, secret, exp=time.time() + 600.5),
+        "no session id": forge(access, secret, user_claims={}),
     }
     for name, token in candidates.items():
         response = await api.client.get(f"{AUTH}/me", headers=bearer(token))
@@ -79,6 +92,16 @@ async def test_expired_token(api: Api, secret: str) -> None:
     response = await api.client.post(f"{AUTH}/refresh", headers=bearer(expired_refresh))
     body = await problem(response, 401, "token_expired")
     assert "log in again" in body["detail"]
+
+
+async def test_a_session_past_its_expiry_is_closed_before_the_ttl_sweep(api: Api, db: Any) -> None:
+    tokens = await api.user_tokens()
+    session_id = claims_of(tokens["access_token"])["user_claims"]["sid"]
+    await db["sessions"].update_one(
+        {"_id": session_id}, {"$set": {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}}
+    )
+    response = await api.client.get(f"{AUTH}/me", headers=bearer(tokens["access_token"]))
+    await problem(response, 401, "token_revoked")
 
 
 async def test_wrong_token_type(api: Api) -> None:

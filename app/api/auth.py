@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from quart import Blueprint, Response
 from quart_schema import document_response, tag_blueprint, validate_request
 
 from .. import accounts
+from ..json_provider import json_response
 from ..models.auth import (
     AccountDeletionBody,
     Credentials,
@@ -29,28 +28,28 @@ tag_blueprint(blueprint, ["auth"])
 @validate_request(Credentials)
 @document_response(UserOut, 201)
 @problems(409, 429)
-async def register(data: Credentials) -> tuple[dict[str, str], int]:
+async def register(data: Credentials) -> Response:
     """Create an account."""
     user = await accounts.register(data.username, data.password)
-    return user_json(user["_id"], user["username"], user["created_at"]), 201
+    return json_response(user_json(user["_id"], user["username"], user["created_at"]), 201)
 
 
 @blueprint.post("/login")
 @validate_request(LoginBody)
 @document_response(TokenPair, 200)
 @problems(401, 429)
-async def login(data: LoginBody) -> dict[str, Any]:
+async def login(data: LoginBody) -> Response:
     """Open a session: an access token and a refresh token."""
     session = await accounts.log_in(data.username, data.password)
-    return issue_tokens(session["_id"], session["user_id"], session["generation"])
+    return json_response(issue_tokens(session["_id"], session["user_id"], session["generation"]))
 
 
 @blueprint.post("/refresh")
 @require_refresh
 @document_response(TokenPair, 200)
-async def refresh(claims: TokenClaims) -> dict[str, Any]:
+async def refresh(claims: TokenClaims) -> Response:
     """Trade the refresh token for new tokens; the old refresh token stops working."""
-    return issue_tokens(claims.session_id, claims.user_id, claims.generation)
+    return json_response(issue_tokens(claims.session_id, claims.user_id, claims.generation))
 
 
 @blueprint.post("/logout")
@@ -65,10 +64,10 @@ async def logout() -> Response:
 @blueprint.get("/me")
 @require_access
 @document_response(UserOut, 200)
-async def me() -> dict[str, str]:
+async def me() -> Response:
     """The caller's account."""
     caller = current_user()
-    return user_json(caller.id, caller.username, caller.created_at)
+    return json_response(user_json(caller.id, caller.username, caller.created_at))
 
 
 @blueprint.post("/password")

@@ -17,9 +17,9 @@ READINESS_TIMEOUT_SECONDS = 2.0
 @blueprint.get("/healthz")
 @tag(["health"])
 @document_response(Health, 200)
-async def healthz() -> dict[str, str]:
+async def healthz() -> Response:
     """Liveness: the process answers. Touches no database."""
-    return {"status": "ok"}
+    return json_response({"status": "ok"})
 
 
 @blueprint.get("/readyz")
