@@ -6,7 +6,6 @@ contract's precedence for faults: 413, then 415, then 400, then the route.
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 import time
@@ -16,8 +15,7 @@ from quart import Quart, Response, current_app, g, request
 from quart_cors import cors
 
 from .errors import PROBLEM_CONTENT_TYPE, ApiError
-
-access_logger = logging.getLogger("app.access")
+from .logs import AccessLog
 
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
@@ -93,22 +91,17 @@ async def finish_response(response: Response) -> Response:
     path = request.path
     if path.startswith(API_PREFIX) and "Cache-Control" not in headers:
         headers["Cache-Control"] = _cache_policy(response)
-    if access_logger.isEnabledFor(logging.INFO):
-        _log_access(path, response.status_code, request_id)
+    _log_access(path, response.status_code, request_id)
     return response
 
 
 def _log_access(path: str, status: int, request_id: str) -> None:
     duration_ms = round((time.perf_counter() - g.get("started_at", time.perf_counter())) * 1000, 2)
     method = request.method
-    access_logger.info(
-        "%s %s %s %.2fms request_id=%s",
-        method,
-        path,
-        status,
-        duration_ms,
-        request_id,
-        extra={
+    access_log: AccessLog = current_app.extensions["access_log"]
+    access_log.write(
+        f"{method} {path} {status} {duration_ms:.2f}ms request_id={request_id}",
+        {
             "method": method,
             "path": path,
             "status": status,

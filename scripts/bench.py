@@ -257,7 +257,11 @@ def markdown(results: list[Result]) -> str:
 
 
 def start_targets(
-    drivers: list[str], database: EmbeddedDatabase, log: Path, workers: int
+    drivers: list[str],
+    database: EmbeddedDatabase,
+    log: Path,
+    workers: int,
+    extra_settings: list[str],
 ) -> list[Target]:
     """This API per driver, the peer and the floor, all on ``database``; wait until ready."""
     secret = secrets.token_hex(32)
@@ -270,6 +274,7 @@ def start_targets(
         "REGISTRATIONS_PER_ADDRESS": "1000000",
         "LOGIN_ATTEMPTS_PER_ADDRESS": "1000000",
         "TODOS_PER_USER": "10000000",
+        **dict(setting.split("=", 1) for setting in extra_settings),
         "WEB_CONCURRENCY": str(workers),
     }
     targets = []
@@ -309,6 +314,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--drivers", default="motor,pymongo")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--setting", action="append", default=[], help="NAME=value for this API (repeatable)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
     if args.quick:
@@ -327,7 +335,7 @@ def main() -> int:
     targets: list[Target] = []
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
     try:
-        targets = start_targets(args.drivers.split(","), database, log, args.workers)
+        targets = start_targets(args.drivers.split(","), database, log, args.workers, args.setting)
         started = time.monotonic()
         # Every API target of this project shares one database: seed it once.
         api_data = seed(targets[0].port)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
 
 from app import create_app
-from app.logs import JsonFormatter
+from app.logs import AccessLog, JsonFormatter
 
 
 async def test_cors_is_off_by_default(client: Any) -> None:
@@ -45,6 +48,46 @@ def test_json_log_lines_carry_extra_fields() -> None:
     assert line["request_id"] == "abc"
     assert line["level"] == "INFO"
     assert line["time"].endswith("+00:00")
+
+
+@pytest.fixture
+def access_level() -> Iterator[logging.Logger]:
+    """``app.access`` at INFO for one test (the testing config logs WARNING and up)."""
+    logger = logging.getLogger("app.access")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield logger
+    logger.setLevel(level)
+
+
+def test_access_log_json_lines_carry_the_fields(access_level: logging.Logger) -> None:
+    stream = io.StringIO()
+    AccessLog("json", logging.StreamHandler(stream)).write(
+        "GET /healthz 200 0.50ms request_id=abc", {"status": 200, "request_id": "abc"}
+    )
+    line = orjson.loads(stream.getvalue())
+    assert line["message"] == "GET /healthz 200 0.50ms request_id=abc"
+    assert (line["level"], line["logger"], line["status"], line["request_id"]) == (
+        "INFO",
+        "app.access",
+        200,
+        "abc",
+    )
+    assert line["time"].endswith("+00:00")
+
+
+def test_access_log_text_lines_read_like_the_other_log_lines(
+    access_level: logging.Logger,
+) -> None:
+    stream = io.StringIO()
+    AccessLog("text", logging.StreamHandler(stream)).write("GET / 404", {"status": 404})
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO app\.access: GET / 404\n",
+        stream.getvalue(),
+    )
+    access_level.setLevel(logging.WARNING)
+    AccessLog("text", logging.StreamHandler(stream)).write("GET / 200", {"status": 200})
+    assert "GET / 200" not in stream.getvalue()
 
 
 async def test_500_is_logged_with_traceback_and_request_id(
