@@ -69,9 +69,6 @@ class BaseConfig:
     MONGO_DRIVER = "motor"  # or "pymongo" (AsyncMongoClient, Motor's successor)
     MONGO_SERVER_SELECTION_TIMEOUT_MS = 2000
     MONGO_OPERATION_TIMEOUT_MS = 2500
-    # Performance (issue #9): database operations in flight per worker; more
-    # wait for a connection inside the worker (within MONGO_OPERATION_TIMEOUT_MS).
-    MONGO_MAX_POOL_SIZE = 100
     EMBEDDED_DB_PATH = ""  # default: <instance>/secantus-data
     # Tokens and sessions. No JWT_SECRET_KEY in development: one is generated
     # into the instance folder.

@@ -127,7 +127,6 @@ class Mongo:
         options: dict[str, Any] = {
             "serverSelectionTimeoutMS": config["MONGO_SERVER_SELECTION_TIMEOUT_MS"],
             "timeoutMS": config["MONGO_OPERATION_TIMEOUT_MS"],
-            "maxPoolSize": config["MONGO_MAX_POOL_SIZE"],
             "tz_aware": True,
             "appname": "todo-api",
         }
