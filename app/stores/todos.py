@@ -134,11 +134,10 @@ def list_pipeline(
 
     Shaped for both engines (measured in ``scripts/list_plans.py``):
 
-    - The first ``$match`` is what an index serves: the owner (and the tag,
-      for the (owner, tags) index). SecantusDB plans an index only for a
-      filter of plain fields (a top-level ``$and``/``$or`` sends it to a
-      collection scan) and always sorts in memory, so a page costs the
-      owner's (tagged) todos, never other users'.
+    - The first ``$match`` is what the indexes serve: the owner. SecantusDB
+      plans an index only for a filter of plain fields (a top-level
+      ``$and``/``$or`` sends it to a collection scan) and always sorts in
+      memory, so a page costs the owner's todos, never other users'.
     - Every other condition goes in a second ``$match``, which SecantusDB
       applies to those todos alone.
     - No index hint: SecantusDB walks a hinted index from end to end (every
@@ -147,10 +146,9 @@ def list_pipeline(
     """
     field = SORT_FIELDS[sort.lstrip("-")]
     direction = DESCENDING if sort.startswith("-") else ASCENDING
-    indexed: dict[str, Any] = {"owner": owner}
-    if filters.get("tag") is not None:
-        indexed["tags"] = filters["tag"]
     rest: list[dict[str, Any]] = []
+    if filters.get("tag") is not None:
+        rest.append({"tags": filters["tag"]})
     if filters.get("completed") is not None:
         rest.append({"completed": filters["completed"] == "true"})
     due_bounds: dict[str, datetime] = {}
@@ -181,7 +179,7 @@ def list_pipeline(
                 ]
             }
         )
-    pipeline: list[dict[str, Any]] = [{"$match": indexed}]
+    pipeline: list[dict[str, Any]] = [{"$match": {"owner": owner}}]
     if rest:
         pipeline.append({"$match": {"$and": rest}})
     pipeline += [{"$sort": {field: direction, "_id": direction}}, {"$limit": limit}]
