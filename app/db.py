@@ -2,8 +2,8 @@
 
 The client is created in ``before_serving`` (it binds to the event loop, so
 it cannot exist at import or factory time) and closed in ``after_serving``.
-Motor is the default driver; ``MONGO_DRIVER=pymongo`` selects PyMongo's
-``AsyncMongoClient``, Motor's successor. Both raise PyMongo's exceptions, so
+PyMongo's ``AsyncMongoClient`` (Motor's successor) is the default driver;
+``MONGO_DRIVER=motor`` selects Motor. Both raise PyMongo's exceptions, so
 the rest of the app needs no driver-specific code.
 """
 
@@ -64,11 +64,13 @@ NOTHING_TO_DROP = {26, 27}
 
 async def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run ``pipeline`` and return every document: Motor's ``aggregate`` returns
-    the cursor, PyMongo's async client a coroutine of it."""
+    the cursor, PyMongo's async client a coroutine of it. ``to_list`` takes each
+    batch at once (``async for`` awaits once per document)."""
     cursor = collection.aggregate(pipeline)
     if asyncio.iscoroutine(cursor):
         cursor = await cursor
-    return [document async for document in cursor]
+    documents: list[dict[str, Any]] = await cursor.to_list(None)
+    return documents
 
 
 def is_unavailable(error: BaseException) -> bool:
