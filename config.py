@@ -100,6 +100,12 @@ class BaseConfig:
     MAX_CONTENT_LENGTH = 65536
     CORS_ORIGINS = ""  # comma-separated origins; empty: no CORS headers
     PROBLEM_TYPE_BASE = "https://todo-api.example.com/problems/"
+    # Live updates (GET /api/v1/todos/events): per worker process.
+    EVENTS_HEARTBEAT_SECONDS = 15  # a comment line this often keeps proxies from closing
+    EVENTS_RETRY_MS = 2000  # the reconnection delay the stream asks of EventSource
+    EVENTS_QUEUE_SIZE = 256  # events a stream may lag behind before it is disconnected
+    EVENTS_MAX_STREAMS_PER_USER = 10  # open streams per user per worker; then 429
+    EVENTS_TICKET_SECONDS = 30  # lifetime of a single-use EventSource ticket
     # Logging.
     LOG_LEVEL = "INFO"
     LOG_FORMAT = "text"  # or "json"

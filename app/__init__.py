@@ -11,8 +11,8 @@ from quart import Quart
 
 from config import DEFAULT_INSTANCE_PATH, ConfigError, check_production_settings, load_settings
 
-from . import errors, hooks, security
-from .api import auth, docs, health, index, todos
+from . import errors, hooks, live, security
+from .api import auth, docs, events, health, index, todos
 from .extensions import jwt, mongo, passwords, schema
 from .json_provider import OrjsonProvider
 from .logs import configure_logging
@@ -43,6 +43,7 @@ async def create_app(
 
     schema.init_app(app)
     app.json = OrjsonProvider(app)  # after quart-schema, which installs its own
+    live.init_app(app)  # before mongo: its streams end before the client closes
     mongo.init_app(app)
     passwords.init_app(app)
     security.init_app(app, jwt)
@@ -53,4 +54,5 @@ async def create_app(
     app.register_blueprint(docs.blueprint)
     app.register_blueprint(auth.blueprint, url_prefix="/api/v1/auth")
     app.register_blueprint(todos.blueprint, url_prefix="/api/v1/todos")
+    app.register_blueprint(events.blueprint, url_prefix="/api/v1/todos/events")
     return hooks.init_app(app)

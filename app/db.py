@@ -42,6 +42,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     "rate_limits": [
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
     ],
+    "stream_tickets": [
+        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
+    ],
     "todos": [
         IndexModel(
             [("owner", ASCENDING), (sort_field, ASCENDING), ("_id", ASCENDING)],
@@ -71,6 +74,15 @@ async def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dic
         cursor = await cursor
     documents: list[dict[str, Any]] = await cursor.to_list(None)
     return documents
+
+
+#: Options of collections that must be created explicitly. ``todos`` keeps
+#: pre-images, so a change stream's delete event still names the todo's owner
+#: and version (MongoDB 6.0+ and SecantusDB alike).
+COLLECTION_OPTIONS: dict[str, dict[str, Any]] = {
+    "todos": {"changeStreamPreAndPostImages": {"enabled": True}},
+}
+NAMESPACE_EXISTS = 48
 
 
 def is_unavailable(error: BaseException) -> bool:
@@ -158,7 +170,30 @@ class Mongo:
             state.index_task = asyncio.create_task(self._ensure_indexes_until_done(state))
 
     @staticmethod
-    async def _ensure_indexes(state: _Connection) -> None:
+    async def _ensure_collections(state: _Connection) -> None:
+        """Create the collections that need options, or turn the options on.
+
+        Every worker runs this at start, concurrently: a ``create`` that loses
+        the race (or finds the collection from an earlier version) gets
+        NamespaceExists and applies the options with ``collMod`` instead;
+        both are idempotent.
+        """
+        for name, options in COLLECTION_OPTIONS.items():
+            try:
+                await state.database.command("create", name, **options)
+            except OperationFailure as error:
+                if error.code != NAMESPACE_EXISTS:
+                    raise
+                await state.database.command("collMod", name, **options)
+
+    @classmethod
+    async def _ensure_indexes(cls, state: _Connection) -> None:
+        try:
+            await cls._ensure_collections(state)
+        except OperationFailure as error:
+            # Only live updates need the options (a standalone server has no
+            # change streams anyway); the rest of the API works without them.
+            logger.warning("collection options not applied: %s", error)
         await asyncio.gather(
             *(state.database[name].create_indexes(models) for name, models in INDEXES.items())
         )
@@ -191,6 +226,19 @@ class Mongo:
             await result
         state.client = state.database = None
         logger.info("database client closed")
+
+    async def watch(self, pipeline: list[dict[str, Any]], **options: Any) -> Any:
+        """A change stream on the current app's database.
+
+        PyMongo's ``watch()`` is a coroutine that runs the aggregate; Motor's
+        returns a stream that would open on first use, and opens now when
+        entered. Either way the stream is open on return (or the error is
+        raised here), with ``try_next()``, ``resume_token`` and async ``close()``.
+        """
+        stream = self.db.watch(pipeline, **options)
+        if asyncio.iscoroutine(stream):
+            return await stream
+        return await stream.__aenter__()
 
     async def is_ready(self, within_seconds: float) -> bool:
         """True when indexes exist and a ping answers within ``within_seconds``."""

@@ -30,6 +30,7 @@ from werkzeug.routing import Rule
 
 from .errors import PROBLEM_CONTENT_TYPE
 from .models.absent import drop_null
+from .models.events import DeletedEvent, ExpiredEvent, ResetEvent, RevokedEvent, ShutdownEvent
 from .models.problem import Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -73,6 +74,10 @@ HEADERS: dict[str, dict[str, Any]] = {
         "description": "On JSON bodies: nothing in them may load or run.",
         "schema": {"type": "string"},
     },
+    "X-Accel-Buffering": {
+        "description": "`no`: tells nginx-style proxies not to buffer the event stream.",
+        "schema": {"type": "string", "const": "no"},
+    },
 }
 #: Headers every response carries (app/hooks.py), and those of responses with a JSON body.
 COMMON_HEADERS = ["X-Request-ID", "Cache-Control", "X-Content-Type-Options", "Referrer-Policy"]
@@ -91,6 +96,13 @@ REQUEST_HEADERS: dict[str, dict[str, Any]] = {
             'Tags are quoted: `"3"`.'
         ),
         "schema": {"type": "string"},
+    },
+    "Last-Event-ID": {
+        "description": (
+            "Optional. The `id` of the last event received: every later event is replayed, "
+            "or `reset` is sent when that position cannot be resumed."
+        ),
+        "schema": {"type": "string", "maxLength": 2048},
     },
 }
 #: Headers each problem status always carries besides X-Request-ID.
@@ -114,7 +126,22 @@ PROBLEM_DESCRIPTIONS = {
     422: "Well-formed but invalid input (`validation_failed`), see `errors`.",
     429: "Rate limited (`rate_limited`), see Retry-After.",
     500: "Unexpected error (`internal_error`).",
-    503: "Database unavailable (`service_unavailable`).",
+    503: (
+        "Database unavailable (`service_unavailable`); on the event stream also "
+        "`live_updates_unavailable`: the database has no change streams (not a replica set)."
+    ),
+}
+EVENT_STREAM_ATTRIBUTE = "_api_event_stream"
+EVENT_STREAM_TYPE = "text/event-stream"
+#: Each event of the live stream and the named schema of its ``data:`` JSON.
+STREAM_EVENTS = {
+    "created": ("Todo", "A todo was created: the todo as GET /api/v1/todos/{id} returns it."),
+    "updated": ("Todo", "A todo changed: the todo as GET /api/v1/todos/{id} returns it."),
+    "deleted": ("DeletedEvent", "A todo was deleted (one event per todo when clearing)."),
+    "reset": ("ResetEvent", "Events were missed: refetch the list, then follow the stream."),
+    "revoked": ("RevokedEvent", "The session closed; the stream ends."),
+    "expired": ("ExpiredEvent", "The access token expired; the stream ends."),
+    "shutdown": ("ShutdownEvent", "The server is stopping; the stream ends."),
 }
 #: Blueprints whose routes answer without the database (so never 503 for it).
 DATABASE_FREE_BLUEPRINTS = frozenset({"health", "index"})
@@ -145,6 +172,57 @@ def response_headers(status: int, *names: str) -> Callable[[F], F]:
 def request_headers(*names: str) -> Callable[[F], F]:
     """Document conditional request headers (from ``REQUEST_HEADERS``) a route honours."""
     return _add_to(REQUEST_HEADERS_ATTRIBUTE, names)
+
+
+def event_stream(func: F) -> F:
+    """Document the route's 200 as the live ``text/event-stream`` (see ``STREAM_EVENTS``)."""
+    setattr(func, EVENT_STREAM_ATTRIBUTE, True)
+    return func
+
+
+def _stream_event_schema(name: str, data_schema: str, description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "event": {"const": name},
+            "id": {
+                "type": "string",
+                "description": "Send it back as Last-Event-ID to resume after this event.",
+            },
+            "data": {**_ref("schemas", data_schema), "description": "The JSON of the data line."},
+        },
+        "required": ["event", "id", "data"],
+    }
+
+
+def _stream_response() -> dict[str, Any]:
+    return {
+        "description": (
+            "The live stream (Server-Sent Events): a retry line, then events as `id:`, "
+            "`event:` and one JSON `data:` line, and a comment line as a heartbeat. The "
+            "schema describes one event; its `data` is the named component."
+        ),
+        "content": {EVENT_STREAM_TYPE: {"schema": _ref("schemas", "StreamEvent")}},
+    }
+
+
+def _stream_schemas() -> dict[str, Any]:
+    """The named schemas of the event stream: one per event and their union."""
+    schemas: dict[str, Any] = {
+        model.__name__: model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for model in (DeletedEvent, ResetEvent, RevokedEvent, ExpiredEvent, ShutdownEvent)
+    }
+    variants = {
+        f"{name.capitalize()}StreamEvent": _stream_event_schema(name, data, description)
+        for name, (data, description) in STREAM_EVENTS.items()
+    }
+    schemas.update(variants)
+    schemas["StreamEvent"] = {
+        "description": "One event of GET /api/v1/todos/events.",
+        "oneOf": [_ref("schemas", name) for name in variants],
+    }
+    return schemas
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -189,6 +267,7 @@ class ApiOpenAPIProvider(OpenAPIProvider):
             ref_template="#/components/schemas/{model}"
         )
         components["schemas"].update(components["schemas"]["Problem"].pop("$defs", {}))
+        components["schemas"].update(_stream_schemas())
         components["headers"] = HEADERS
         components["responses"] = {
             self._problem_name(status): {
@@ -278,6 +357,8 @@ class ApiOpenAPIProvider(OpenAPIProvider):
                 operation["responses"] = {
                     str(status): response for status, response in operation["responses"].items()
                 }
+                if getattr(func, EVENT_STREAM_ATTRIBUTE, False):
+                    operation["responses"]["200"] = _stream_response()
                 self._describe(operation)
                 self._name_schemas(operation, components)
                 self._add_headers(operation, func)
@@ -330,7 +411,7 @@ class ApiOpenAPIProvider(OpenAPIProvider):
             )
             response["headers"] = _header_refs(
                 COMMON_HEADERS,
-                BODY_HEADERS if "content" in response else [],
+                BODY_HEADERS if set(response.get("content", {})) - {EVENT_STREAM_TYPE} else [],
                 named.get(status_code, []),
             )
         for name in getattr(func, REQUEST_HEADERS_ATTRIBUTE, ()):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -26,7 +26,7 @@ from quart_jwt_extended import JWTManager, create_access_token, create_refresh_t
 from quart_schema import security_scheme
 
 from .errors import ApiError, problem_response, unauthorized
-from .stores import sessions
+from .stores import sessions, tickets
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -43,6 +43,7 @@ class CurrentUser:
     username: str
     created_at: datetime
     session_id: str
+    token_expires_at: datetime  # when the access token (or the ticket's token) expires
 
 
 def current_user() -> CurrentUser:
@@ -92,6 +93,7 @@ class TokenClaims:
     user_id: ObjectId
     session_id: str
     generation: int  # the refresh token's place in its session; 0 for access tokens
+    expires_at: datetime
 
 
 class WrongTokenType(Exception):
@@ -131,6 +133,7 @@ class TokenVerifier:
             user_id=ObjectId(claims[self._identity_claim]),
             session_id=session_id,
             generation=int(session_claims["gen"]) if expected_type == "refresh" else 0,
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
 
 
@@ -168,6 +171,22 @@ def session_revoked() -> ApiError:
     return unauthorized("token_revoked", "The session has ended; log in again.")
 
 
+async def _enter_session(session_id: str, user_id: ObjectId, token_expires_at: datetime) -> None:
+    """Make the caller ``user_id`` in ``session_id``, if that session is open and theirs."""
+    session = await sessions.find_open(session_id)
+    if session is None:
+        raise session_revoked()
+    if session["user_id"] != user_id:
+        raise _token_invalid()  # signed for another user: forged or corrupt
+    g.current_user = CurrentUser(
+        session["user_id"],
+        session["username"],
+        session["user_created_at"],
+        session["_id"],
+        token_expires_at,
+    )
+
+
 def require_access(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Let the request through with a valid access token of an open session."""
 
@@ -175,14 +194,34 @@ def require_access(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
     @wraps(view)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         claims = _verified_claims("access")
-        session = await sessions.find_open(claims.session_id)
-        if session is None:
-            raise session_revoked()
-        if session["user_id"] != claims.user_id:
-            raise _token_invalid()  # signed for another user: forged or corrupt
-        g.current_user = CurrentUser(
-            session["user_id"], session["username"], session["user_created_at"], session["_id"]
-        )
+        await _enter_session(claims.session_id, claims.user_id, claims.expires_at)
+        return await view(*args, **kwargs)
+
+    return wrapper
+
+
+def require_access_or_ticket(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """``require_access``, or a stream ticket in ``?ticket=`` when no Authorization is sent.
+
+    Browsers' EventSource cannot send headers, so it presents a ticket: used
+    once, within its lifetime, and only while its session is open. The
+    caller's token expiry is that of the access token that asked for it.
+    """
+
+    @security_scheme(BEARER_SECURITY)
+    @wraps(view)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        ticket = request.args.get("ticket")
+        if ticket is None or "Authorization" in request.headers:
+            claims = _verified_claims("access")
+            await _enter_session(claims.session_id, claims.user_id, claims.expires_at)
+        else:
+            redeemed = await tickets.redeem(ticket)
+            if redeemed is None:
+                raise unauthorized("token_invalid", "The ticket is unknown, used or expired.")
+            await _enter_session(
+                redeemed["session_id"], redeemed["user_id"], redeemed["token_expires_at"]
+            )
         return await view(*args, **kwargs)
 
     return wrapper
@@ -209,7 +248,7 @@ def require_refresh(view: Callable[..., Awaitable[R]]) -> Callable[..., Awaitabl
             if await sessions.exists(claims.session_id):
                 raise _token_invalid()  # another user's session: forged or corrupt
             raise session_revoked()
-        rotated = TokenClaims(claims.user_id, claims.session_id, generation)
+        rotated = TokenClaims(claims.user_id, claims.session_id, generation, claims.expires_at)
         return await view(*args, claims=rotated, **kwargs)
 
     return wrapper

@@ -1,0 +1,232 @@
+"""One change stream per worker, fanned out in memory to that worker's subscribers.
+
+The hub starts with its first subscriber and reads the database's change
+stream until the worker stops. Each change is routed once: a todo event is
+framed once and offered to the streams of its owner; a deleted session or
+user ends the streams that belong to it. Each subscriber has a bounded queue:
+one that falls that far behind is disconnected (it resumes with
+``Last-Event-ID``) instead of growing the worker's memory.
+
+When the database goes away the hub retries, and resumes its change stream
+from the last position it saw, so nothing is lost or repeated. When that
+position is gone from the database's history, every subscriber gets
+``reset`` and the sessions behind the streams are checked again (their
+deletion may have been in the lost history).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.errors import PyMongoError
+from quart import Quart
+
+from ..errors import ApiError
+from ..stores import changes, sessions
+from . import sse
+from .changes import Ended, TodoEvent, route
+from .shutdown import wait_for_shutdown
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Message:
+    """What a subscriber's queue holds: an event to send, or why to stop."""
+
+    kind: str  # "event", "reset", or an ending: "revoked", "shutdown"
+    frame: bytes = b""
+    position: sse.Position | None = None
+
+
+@dataclass(eq=False)
+class Subscriber:
+    user_id: Any
+    session_id: Any
+    queue: asyncio.Queue[Message]
+    task: asyncio.Task[Any] | None = None  # the task writing the response
+    overflowed: bool = False
+
+    def offer(self, message: Message) -> None:
+        """Queue ``message``; a full queue means a client that stopped reading: cut it."""
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            logger.info("event stream of user %s dropped: not reading", self.user_id)
+            if self.task is not None:
+                self.task.cancel()
+
+
+def unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "live_updates_unavailable",
+        "Live updates need change streams, which only a MongoDB replica set "
+        "(or sharded cluster) offers; this database is a standalone server.",
+    )
+
+
+@dataclass(eq=False)
+class Hub:
+    app: Quart
+    subscribers: dict[Any, set[Subscriber]] = field(default_factory=dict)
+    position: sse.Position | None = None  # of the last change seen
+    resume_token: dict[str, Any] | None = None  # where the stream resumes after an outage
+    stopping: bool = False
+    _task: asyncio.Task[None] | None = None
+    _watcher: asyncio.Task[None] | None = None
+    _opened: asyncio.Future[None] | None = None
+    _reset_pending: bool = False
+    _recheck: asyncio.Task[None] | None = None
+
+    # -- subscribers -------------------------------------------------------
+
+    async def subscribe(self, user_id: Any, session_id: Any) -> Subscriber:
+        """Register a stream of ``user_id``; 429 past the per-user cap, 503 without streams."""
+        config = self.app.config
+        if self.stopping:
+            raise ApiError(
+                503, "service_unavailable", "The server is shutting down.", headers=RETRY_AFTER
+            )
+        if len(self.subscribers.get(user_id, ())) >= config["EVENTS_MAX_STREAMS_PER_USER"]:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many open event streams for this user.",
+                headers={"Retry-After": str(config["EVENTS_HEARTBEAT_SECONDS"])},
+            )
+        await self._start()
+        subscriber = Subscriber(user_id, session_id, asyncio.Queue(config["EVENTS_QUEUE_SIZE"]))
+        self.subscribers.setdefault(user_id, set()).add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        streams = self.subscribers.get(subscriber.user_id)
+        if streams is not None:
+            streams.discard(subscriber)
+            if not streams:
+                del self.subscribers[subscriber.user_id]
+
+    def _everyone(self) -> list[Subscriber]:
+        return [subscriber for streams in self.subscribers.values() for subscriber in streams]
+
+    def shutdown(self) -> None:
+        """Send ``shutdown`` to every stream; refuse new ones."""
+        self.stopping = True
+        for subscriber in self._everyone():
+            subscriber.offer(Message("shutdown"))
+
+    # -- the change stream -------------------------------------------------
+
+    async def _start(self) -> None:
+        """Start the worker's change stream if it is not running; wait until it is open."""
+        if self._task is None or self._task.done():
+            self._opened = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._run(self._opened))
+            if self._watcher is None:
+                self._watcher = asyncio.create_task(self._shutdown_when_told())
+        assert self._opened is not None
+        await asyncio.shield(self._opened)
+
+    async def _shutdown_when_told(self) -> None:
+        await wait_for_shutdown()
+        logger.info("shutting down: ending %d event streams", len(self._everyone()))
+        self.shutdown()
+
+    async def _run(self, opened: asyncio.Future[None]) -> None:
+        async with self.app.app_context():
+            while True:
+                try:
+                    await self._follow(opened)
+                except PyMongoError as error:
+                    if not opened.done():  # the first open failed: tell the subscriber
+                        opened.set_exception(
+                            unavailable() if changes.no_change_streams(error) else error
+                        )
+                        return
+                    if changes.history_lost(error):
+                        logger.warning("change stream history lost (%s); resetting", error)
+                        self.resume_token = None
+                        self._reset_pending = True
+                    else:
+                        logger.warning("change stream interrupted: %s", type(error).__name__)
+                        await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def _follow(self, opened: asyncio.Future[None]) -> None:
+        stream = await changes.open_stream(self.resume_token)
+        try:
+            if self.position is None and stream.resume_token is not None:
+                # No change seen yet: ids refer to where the stream began.
+                self.position = sse.Position(sse.ORIGIN, stream.resume_token)
+            if not opened.done():
+                opened.set_result(None)
+            if self._reset_pending:
+                self._reset_pending = False
+                self._reset(stream.resume_token)
+            while True:
+                change = await stream.try_next()
+                if change is not None:
+                    self._dispatch(change)
+                self.resume_token = stream.resume_token
+        finally:
+            with contextlib.suppress(PyMongoError):
+                await stream.close()
+
+    def _dispatch(self, change: dict[str, Any]) -> None:
+        position = sse.Position(change["clusterTime"], change["_id"])
+        self.position = position
+        try:
+            routed = route(change)
+        except (KeyError, TypeError, ValueError):  # a document this API did not write
+            logger.exception("change %s skipped", change.get("documentKey"))
+            return
+        if isinstance(routed, TodoEvent):
+            streams = self.subscribers.get(routed.owner)
+            if streams:
+                frame = sse.event(routed.name, routed.data, position.event_id)
+                message = Message("event", frame, position)
+                for subscriber in list(streams):
+                    subscriber.offer(message)
+        elif isinstance(routed, Ended):
+            for subscriber in self._everyone():
+                if getattr(subscriber, routed.field) == routed.value:
+                    subscriber.offer(Message("revoked"))
+
+    def _reset(self, token: dict[str, Any] | None) -> None:
+        """Tell every stream to refetch; then re-check the sessions behind them."""
+        self.position = sse.Position(sse.ORIGIN, token) if token is not None else None
+        frame = sse.event("reset", {}, self.position.event_id if self.position else None)
+        for subscriber in self._everyone():
+            subscriber.offer(Message("reset", frame))
+        self._recheck = asyncio.create_task(self._revoke_closed_sessions())
+
+    async def _revoke_closed_sessions(self) -> None:
+        for subscriber in self._everyone():
+            try:
+                open_session = await sessions.find_open(subscriber.session_id)
+            except PyMongoError:
+                return  # the database went away again; the next reset checks again
+            if open_session is None:
+                subscriber.offer(Message("revoked"))
+
+    async def stop(self) -> None:
+        """``after_serving``: end every stream, then the change stream."""
+        self.shutdown()
+        await asyncio.sleep(0)  # let the streams take their last message
+        for task in (self._task, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, PyMongoError):
+                    await task
+
+
+RETRY_AFTER = {"Retry-After": "1"}
