@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 SERVER_PROGRAM = "secantusd-py"
@@ -42,9 +43,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 class EmbeddedDatabase:
     """Start, wait for and stop one SecantusDB server."""
 
-    def __init__(self, storage_path: str, port: int | None = None) -> None:
+    def __init__(
+        self, storage_path: str, port: int | None = None, options: Sequence[str] = ()
+    ) -> None:
         self.storage_path = storage_path
         self.port = port or free_port()
+        self.options = list(options)  # extra command-line flags, e.g. ["--standalone"]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,6 +72,7 @@ class EmbeddedDatabase:
                 self.storage_path,
                 "--log-level",
                 "WARNING",
+                *self.options,
             ],
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,

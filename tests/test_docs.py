@@ -53,3 +53,36 @@ async def test_openapi_document_is_valid_and_documents_problems(client: Any) -> 
     )
     password = spec["paths"]["/api/v1/auth/password"]["post"]["responses"]
     assert {"400", "401", "413", "415", "422", "500", "503"} <= set(password)
+
+
+async def test_openapi_documents_the_event_stream_and_its_events(client: Any) -> None:
+    spec = await (await client.get("/openapi.json")).get_json()
+    stream = spec["paths"]["/api/v1/todos/events"]["get"]
+    ok = stream["responses"]["200"]
+    assert ok["content"] == {
+        "text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamEvent"}}
+    }
+    assert {"Cache-Control", "X-Accel-Buffering"} <= set(ok["headers"])
+    assert {"401", "422", "429", "503"} <= set(stream["responses"])
+    parameters = {parameter["name"] for parameter in stream["parameters"]}
+    assert {"ticket", "Last-Event-ID"} <= parameters
+    schemas = spec["components"]["schemas"]
+    variants = [ref["$ref"].rsplit("/", 1)[1] for ref in schemas["StreamEvent"]["oneOf"]]
+    data_of = {
+        schemas[name]["properties"]["event"]["const"]: schemas[name]["properties"]["data"]["$ref"]
+        for name in variants
+    }
+    assert data_of == {
+        "created": "#/components/schemas/Todo",
+        "updated": "#/components/schemas/Todo",
+        "deleted": "#/components/schemas/DeletedEvent",
+        "reset": "#/components/schemas/ResetEvent",
+        "revoked": "#/components/schemas/RevokedEvent",
+        "expired": "#/components/schemas/ExpiredEvent",
+        "shutdown": "#/components/schemas/ShutdownEvent",
+    }
+    assert set(schemas["DeletedEvent"]["required"]) == {"id", "version"}
+    tickets = spec["paths"]["/api/v1/todos/events/tickets"]["post"]["responses"]
+    assert tickets["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/StreamTicket"
+    }

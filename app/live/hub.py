@@ -176,6 +176,10 @@ class Hub:
                 change = await stream.try_next()
                 if change is not None:
                     self._dispatch(change)
+                    # A batch is read without suspending: let the streams take
+                    # each event before the next, so a burst (clearing many
+                    # todos) does not overflow a client that is reading.
+                    await asyncio.sleep(0)
                 self.resume_token = stream.resume_token
         finally:
             with contextlib.suppress(PyMongoError):

@@ -1,0 +1,45 @@
+"""Live updates in-process (the app's own serving hooks, no hypercorn): timing settings.
+
+The real-server behaviour is in test_events.py; here the stream runs under
+Quart's test client so settings can be made small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from quart import Quart
+
+from tests.conftest import Api
+
+
+@pytest.mark.settings(RESPONSE_TIMEOUT=1, EVENTS_HEARTBEAT_SECONDS=1)
+async def test_heartbeats_keep_the_stream_open_past_the_response_timeout(
+    app: Quart, api: Api
+) -> None:
+    headers = await api.headers()
+    received = b""
+    async with app.test_client().request("/api/v1/todos/events", headers=headers) as connection:
+        await connection.send_complete()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3.5  # three heartbeats, and 3.5 times RESPONSE_TIMEOUT
+        while loop.time() < until:
+            received += await asyncio.wait_for(connection.receive(), timeout=2)
+        assert connection.status_code == 200
+        await connection.disconnect()  # the stream never ends by itself
+    assert received.startswith(b"retry: 2000\n\n")
+    assert received.count(b": heartbeat\n\n") >= 3
+
+
+@pytest.mark.settings(EVENTS_RETRY_MS=500)
+async def test_after_serving_ends_open_streams_with_shutdown(app: Quart, api: Api) -> None:
+    headers = await api.headers()
+    async with app.test_client().request("/api/v1/todos/events", headers=headers) as connection:
+        await connection.send_complete()
+        assert await asyncio.wait_for(connection.receive(), timeout=2) == b"retry: 500\n\n"
+        hub = app.extensions["live"]
+        await hub.stop()
+        ending = await asyncio.wait_for(connection.receive(), timeout=2)
+        await connection.disconnect()
+    assert b"event: shutdown\n" in ending and b"data: {}\n\n" in ending
