@@ -6,6 +6,11 @@ for server errors, for status code, content type and response schema
 conformance, and for problem bodies in the API's own words (our own check, in
 scripts/fuzz_checks.py). Logout and refresh revoke or rotate the token the
 other operations use, so they run in a second pass with their own session.
+The live event stream (``get_events``) is left out: a successful response
+never ends, so every example would wait out the request timeout. Its
+answers are checked by tests/test_events.py against the real server instead
+(401/422/429/503 problem bodies, the stream's headers and every event's
+payload), and its ticket route is fuzzed here like any other.
 Exits non-zero on any finding.
 """
 
@@ -31,6 +36,7 @@ CHECKS = ",".join(
 )
 RUN_TIMEOUT_SECONDS = 600
 SESSION_OPERATIONS = "^post_(logout|refresh)$"
+ENDLESS_OPERATIONS = "^get_events$"  # the live stream: see the module docstring
 # Generous limits: the fuzzer registers and fails logins by the hundred.
 LIMITS = {
     "REGISTRATIONS_PER_ADDRESS": "1000000",
@@ -92,7 +98,7 @@ def main() -> int:
             session_tokens(port, "fuzzer")["access_token"],
             args.examples,
             args.seed,
-            ["--exclude-operation-id-regex", SESSION_OPERATIONS],
+            ["--exclude-operation-id-regex", f"{SESSION_OPERATIONS}|{ENDLESS_OPERATIONS}"],
         )
         # Refresh takes a refresh token, logout an access token; each its own session.
         session_passes = [
