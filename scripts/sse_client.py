@@ -67,7 +67,11 @@ class EventStream:
         self.last_id: str | None = None
 
     def next(self, timeout: float | None = None) -> Event:
-        """The next event; raises StreamClosed at the end, TimeoutError when none comes."""
+        """The next event; raises StreamClosed at the end, TimeoutError when none comes.
+
+        After a TimeoutError the stream cannot be read any more (a socket
+        file object refuses reads once one timed out): use it as a last check.
+        """
         if timeout is not None:
             assert self.connection.sock is not None
             self.connection.sock.settimeout(timeout)
