@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench clean
+.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench bench-live clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ chaos: $(BIN)/.installed
 bench: $(BIN)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
+
+## bench-live: 1,000 open event streams over 2 workers while todos are written at 50/s
+bench-live: $(BIN)/.installed
+	$(BIN)/python -m scripts.bench_live $(BENCH_LIVE_ARGS)
 
 ## lint: ruff and mypy
 lint: $(BIN)/.installed

@@ -136,6 +136,7 @@ def init_app(app: Quart) -> Quart:
                 "Content-Type",
                 "If-Match",
                 "If-None-Match",
+                "Last-Event-ID",  # an EventSource reconnecting sends it
                 "X-Request-ID",
             ],
             allow_methods=["GET", "POST", "PATCH", "DELETE"],

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pymongo.errors import PyMongoError
-from quart import current_app, stream_with_context
+from quart import current_app
 
 from ..clock import utcnow
 from ..errors import unauthorized
@@ -32,10 +32,6 @@ def hub() -> Hub:
     return live_hub
 
 
-class ResumeFailed(Exception):
-    """The requested position cannot be resumed: the client must refetch."""
-
-
 async def open_stream(caller: CurrentUser, last_event_id: str | None) -> AsyncIterator[bytes]:
     """Register the caller's stream and return its frames (401 if the session just closed)."""
     live_hub = hub()
@@ -48,17 +44,15 @@ async def open_stream(caller: CurrentUser, last_event_id: str | None) -> AsyncIt
     except BaseException:
         live_hub.unsubscribe(subscriber)
         raise
-    # The frames are produced after the view returns: keep the request's context.
-    frames: AsyncIterator[bytes] = stream_with_context(_frames)(
-        live_hub, subscriber, caller, last_event_id
-    )
-    return frames
+    return _frames(live_hub, subscriber, caller, last_event_id)
 
 
 async def _frames(
     live_hub: Hub, subscriber: Subscriber, caller: CurrentUser, last_event_id: str | None
 ) -> AsyncIterator[bytes]:
-    config = current_app.config
+    # Frames are produced after the view returned, outside the request's
+    # context; holding a copy of it for hours would cost each stream memory.
+    config = live_hub.app.config
     subscriber.task = asyncio.current_task()
     sent = _Sent(live_hub.position)
     try:
@@ -66,10 +60,11 @@ async def _frames(
             return
         yield sse.retry(config["EVENTS_RETRY_MS"])
         if last_event_id is not None:
-            async for replayed in _replay(subscriber, sent, last_event_id, live_hub):
-                yield replayed
-                if sent.ended:
-                    return
+            async with live_hub.app.app_context():  # the replay reads the database
+                async for replayed in _replay(subscriber, sent, last_event_id, live_hub):
+                    yield replayed
+                    if sent.ended:
+                        return
         heartbeat = config["EVENTS_HEARTBEAT_SECONDS"]
         while True:
             until_expiry = (caller.token_expires_at - utcnow()).total_seconds()
