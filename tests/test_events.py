@@ -7,6 +7,8 @@ reaches a stream on the other" is checked, not assumed.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -505,3 +507,40 @@ def test_sigterm_sends_shutdown_to_every_stream_and_exits_cleanly(database_uri: 
         took = time.monotonic() - began
     assert process.returncode == 0
     assert took < 8, took  # well within the graceful timeout
+
+
+def test_a_worker_whose_position_left_the_history_resets_streams_and_rechecks_sessions(
+    tmp_path: Path,
+) -> None:
+    """The workers are frozen (SIGSTOP) while the database restarts and its oplog
+    moves on: resuming fails, so every stream gets reset, and a session deleted
+    meanwhile (a deletion the history no longer holds) still ends its stream."""
+    database = EmbeddedDatabase(str(tmp_path / "db"), options=["--oplog-max-entries", "100"])
+    uri = database.start()
+    try:
+        with api_server(uri, workers=1) as (port, process, name):
+            alice, bob = user(port), user(port)
+            kept = open_stream(port, alice["access_token"])
+            closed = open_stream(port, bob["access_token"])
+            workers = descendants(process.pid)
+            for pid in workers:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                assert database.process is not None
+                database.process.kill()
+                database.process.wait()
+                database.start()
+                with MongoClient(uri) as client:
+                    client[name]["sessions"].delete_many({"user_id": ObjectId(bob["id"])})
+                    client[name]["filler"].insert_many([{"n": n} for n in range(1200)])
+            finally:
+                for pid in workers:
+                    os.kill(pid, signal.SIGCONT)
+            assert kept.next(timeout=15).name == "reset"
+            assert closed.next(timeout=15).name == "reset"
+            ends_with(closed, "revoked", within=5)
+            todo = create(port, alice["access_token"], "after")
+            assert kept.next(timeout=10).data == todo
+            kept.close()
+    finally:
+        database.stop()
