@@ -490,6 +490,7 @@ def test_no_change_streams_is_503_and_the_rest_works() -> None:
             assert refused.status == 503
             assert refused.body["code"] == "live_updates_unavailable"
             assert "replica set" in refused.body["detail"]
+            assert refused.headers["retry-after"] == "60"
             create(port, alice["access_token"])
     finally:
         database.stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ from .shutdown import wait_for_shutdown
 logger = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 1.0
+#: A standalone server stays one for a while: a client should not hammer it.
+UNAVAILABLE_RETRY_AFTER = "60"
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ def unavailable() -> ApiError:
         "live_updates_unavailable",
         "Live updates need change streams, which only a MongoDB replica set "
         "(or sharded cluster) offers; this database is a standalone server.",
+        headers={"Retry-After": UNAVAILABLE_RETRY_AFTER},
     )
 
 
@@ -95,16 +99,21 @@ class Hub:
         config = self.app.config
         if self.stopping:
             raise ApiError(
-                503, "service_unavailable", "The server is shutting down.", headers=RETRY_AFTER
+                503,
+                "service_unavailable",
+                "The server is shutting down.",
+                headers={"Retry-After": "1"},
             )
+        await self._start()
+        # No await from the count to the registration: the cap holds under concurrency.
         if len(self.subscribers.get(user_id, ())) >= config["EVENTS_MAX_STREAMS_PER_USER"]:
             raise ApiError(
                 429,
                 "rate_limited",
                 "Too many open event streams for this user.",
-                headers={"Retry-After": str(config["EVENTS_HEARTBEAT_SECONDS"])},
+                # As long as EventSource waits before reconnecting (``retry:``).
+                headers={"Retry-After": str(math.ceil(config["EVENTS_RETRY_MS"] / 1000))},
             )
-        await self._start()
         subscriber = Subscriber(user_id, session_id, asyncio.Queue(config["EVENTS_QUEUE_SIZE"]))
         self.subscribers.setdefault(user_id, set()).add(subscriber)
         return subscriber
@@ -231,6 +240,3 @@ class Hub:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, PyMongoError):
                     await task
-
-
-RETRY_AFTER = {"Retry-After": "1"}

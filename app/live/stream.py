@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,7 +45,11 @@ async def open_stream(caller: CurrentUser, last_event_id: str | None) -> AsyncIt
     except BaseException:
         live_hub.unsubscribe(subscriber)
         raise
-    return _frames(live_hub, subscriber, caller, last_event_id)
+    frames = _frames(live_hub, subscriber, caller, last_event_id)
+    # A client gone before the body starts leaves the generator unstarted, so
+    # its ``finally`` never runs: unsubscribe when it is collected instead.
+    weakref.finalize(frames, live_hub.unsubscribe, subscriber)
+    return frames
 
 
 async def _frames(
@@ -83,6 +88,7 @@ async def _frames(
             if sent.ended:
                 return
     finally:
+        subscriber.task = None
         live_hub.unsubscribe(subscriber)
 
 
