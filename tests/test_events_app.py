@@ -7,10 +7,12 @@ Quart's test client so settings can be made small.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from quart import Quart
 
+from config import ConfigError, load_settings
 from tests.conftest import Api
 
 
@@ -43,3 +45,18 @@ async def test_after_serving_ends_open_streams_with_shutdown(app: Quart, api: Ap
         ending = await asyncio.wait_for(connection.receive(), timeout=2)
         await connection.disconnect()
     assert b"event: shutdown\n" in ending and b"data: {}\n\n" in ending
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "EVENTS_HEARTBEAT_SECONDS",
+        "EVENTS_RETRY_MS",
+        "EVENTS_QUEUE_SIZE",
+        "EVENTS_MAX_STREAMS_PER_USER",
+        "EVENTS_TICKET_SECONDS",
+    ],
+)
+def test_event_settings_must_be_positive(tmp_path: Path, setting: str) -> None:
+    with pytest.raises(ConfigError, match=setting):
+        load_settings(environ={"APP_ENV": "testing", setting: "0"}, instance_path=tmp_path)

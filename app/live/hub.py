@@ -156,7 +156,11 @@ class Hub:
             while True:
                 try:
                     await self._follow(opened)
-                except PyMongoError as error:
+                except asyncio.CancelledError:
+                    if not opened.done():
+                        opened.cancel()
+                    raise
+                except Exception as error:
                     if not opened.done():  # the first open failed: tell the subscriber
                         opened.set_exception(
                             unavailable() if changes.no_change_streams(error) else error
@@ -166,8 +170,11 @@ class Hub:
                         logger.warning("change stream history lost (%s); resetting", error)
                         self.resume_token = None
                         self._reset_pending = True
-                    else:
+                    elif isinstance(error, PyMongoError):
                         logger.warning("change stream interrupted: %s", type(error).__name__)
+                        await asyncio.sleep(RECONNECT_SECONDS)
+                    else:  # a bug must not end live updates for the worker's lifetime
+                        logger.exception("change stream failed; reopening")
                         await asyncio.sleep(RECONNECT_SECONDS)
 
     async def _follow(self, opened: asyncio.Future[None]) -> None:
