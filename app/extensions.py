@@ -32,6 +32,10 @@ schema = QuartSchema(
         {"name": "health", "description": "Liveness and readiness probes."},
         {"name": "auth", "description": "Accounts, sessions and tokens."},
         {"name": "todos", "description": "The caller's todos."},
+        {
+            "name": "events",
+            "description": "Live updates: the caller's todo changes as they happen.",
+        },
     ],
     openapi_path="/openapi.json",
     swagger_ui_path=None,
