@@ -158,6 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "REGISTRATIONS_PER_ADDRESS": "1000000",
             "LOGIN_ATTEMPTS_PER_ADDRESS": "1000000",
             "LOGIN_FAILURES_PER_ADDRESS": "1000000",
+            "EVENTS_HEARTBEAT_SECONDS": str(args.heartbeat),
         },
         workers=2,
     )
@@ -236,6 +237,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=50, help="writes per second")
     parser.add_argument("--seconds", type=float, default=20, help="length of the write phase")
     parser.add_argument("--idle-seconds", type=float, default=16, help="idle CPU window")
+    parser.add_argument(
+        "--heartbeat", type=int, default=15, help="EVENTS_HEARTBEAT_SECONDS (large: no heartbeats)"
+    )
     args = parser.parse_args()
     result = asyncio.run(run(args))
     RESULTS.parent.mkdir(exist_ok=True)
