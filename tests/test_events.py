@@ -258,13 +258,16 @@ def test_a_position_older_than_the_history_gives_reset(tmp_path: Path) -> None:
         database.stop()
 
 
-def ends_with(stream: EventStream, name: str, within: float = 1.5) -> Event:
-    began = time.monotonic()
-    event = stream.next(timeout=within)
+def ends_with(stream: EventStream, name: str) -> Event:
+    """The stream's next event is ``name``, and then the server closes it.
+
+    The read timeout only keeps a broken stream from hanging the suite; how
+    fast endings arrive is measured by the chaos scenarios, not asserted here.
+    """
+    event = stream.next(timeout=15)
     assert event.name == name, event
     with pytest.raises(StreamClosed):
-        stream.next(timeout=within)
-    assert time.monotonic() - began < within * 2
+        stream.next(timeout=15)
     return event
 
 
@@ -405,7 +408,7 @@ def test_expiry_of_token_and_ticket(database_uri: str) -> None:
         try:
             todo = create(port, alice["access_token"])
             assert stream.next().data == todo
-            expired = ends_with(stream, "expired", within=4)
+            expired = ends_with(stream, "expired")
             assert expired.data == {}
         finally:
             stream.close()
@@ -500,14 +503,14 @@ def test_sigterm_sends_shutdown_to_every_stream_and_exits_cleanly(database_uri: 
     with api_server(database_uri) as (port, process, _):
         alice = user(port)
         streams = [open_stream(port, alice["access_token"]) for _ in range(6)]
-        began = time.monotonic()
         process.terminate()
         for stream in streams:
-            ends_with(stream, "shutdown", within=3)
-        process.wait(timeout=10)
-        took = time.monotonic() - began
+            ends_with(stream, "shutdown")
+        process.wait(timeout=30)
     assert process.returncode == 0
-    assert took < 8, took  # well within the graceful timeout
+    # Ended by the app as SIGTERM came (hypercorn would cut them, with no event,
+    # at the graceful timeout):
+    assert "shutting down: ending" in process.output()
 
 
 def test_a_worker_whose_position_left_the_history_resets_streams_and_rechecks_sessions(
@@ -539,7 +542,7 @@ def test_a_worker_whose_position_left_the_history_resets_streams_and_rechecks_se
                     os.kill(pid, signal.SIGCONT)
             assert kept.next(timeout=15).name == "reset"
             assert closed.next(timeout=15).name == "reset"
-            ends_with(closed, "revoked", within=5)
+            ends_with(closed, "revoked")
             todo = create(port, alice["access_token"], "after")
             assert kept.next(timeout=10).data == todo
             kept.close()
