@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from quart import Quart
@@ -60,3 +61,21 @@ async def test_after_serving_ends_open_streams_with_shutdown(app: Quart, api: Ap
 def test_event_settings_must_be_positive(tmp_path: Path, setting: str) -> None:
     with pytest.raises(ConfigError, match=setting):
         load_settings(environ={"APP_ENV": "testing", setting: "0"}, instance_path=tmp_path)
+
+
+async def test_a_dropped_database_resets_streams_and_live_updates_go_on(
+    app: Quart, api: Api, db: Any
+) -> None:
+    """A dropped database invalidates the worker's change stream for good: the hub
+    must reopen it (streams get ``reset``), not spin on the dead one."""
+    headers = await api.headers()
+    async with app.test_client().request("/api/v1/todos/events", headers=headers) as connection:
+        await connection.send_complete()
+        assert (await asyncio.wait_for(connection.receive(), timeout=5)).startswith(b"retry:")
+        await db.client.drop_database(db.name)
+        received = b""
+        while b"event: reset\n" not in received:
+            received += await asyncio.wait_for(connection.receive(), timeout=10)
+        await connection.disconnect()
+    hub = app.extensions["live"]
+    assert hub._task is not None and not hub._task.done()  # still following

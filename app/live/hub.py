@@ -36,6 +36,12 @@ from .shutdown import wait_for_shutdown
 logger = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 1.0
+
+
+class StreamInvalidated(Exception):
+    """The change stream ended for good (its database or collection was dropped)."""
+
+
 #: A standalone server stays one for a while: a client should not hammer it.
 UNAVAILABLE_RETRY_AFTER = "60"
 
@@ -198,7 +204,12 @@ class Hub:
                             unavailable() if changes.no_change_streams(error) else error
                         )
                         return
-                    if changes.history_lost(error):
+                    if isinstance(error, StreamInvalidated):
+                        logger.warning("change stream invalidated; reopening from now")
+                        self.resume_token = None
+                        self._reset_pending = True
+                        await asyncio.sleep(RECONNECT_SECONDS)
+                    elif changes.history_lost(error):
                         logger.warning("change stream history lost (%s); resetting", error)
                         self.resume_token = None
                         self._reset_pending = True
@@ -220,7 +231,7 @@ class Hub:
             if self._reset_pending:
                 self._reset_pending = False
                 self._reset(stream.resume_token)
-            while True:
+            while stream.alive:
                 change = await stream.try_next()
                 if change is not None:
                     self._dispatch(change)
@@ -229,6 +240,10 @@ class Hub:
                     # todos) does not overflow a client that is reading.
                     await asyncio.sleep(0)
                 self.resume_token = stream.resume_token
+            # Invalidated (its database or collection was dropped): a dead
+            # stream's try_next returns None at once, forever, so looping on
+            # it would spin without yielding. There is nothing to resume.
+            raise StreamInvalidated
         finally:
             with contextlib.suppress(PyMongoError):
                 await stream.close()
