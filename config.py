@@ -61,6 +61,9 @@ POSITIVE_SETTINGS = (
     "EVENTS_QUEUE_SIZE",
     "EVENTS_MAX_STREAMS_PER_USER",
     "EVENTS_TICKET_SECONDS",
+    # pymongo.timeout(0) would mean "no deadline at all", not "none left".
+    "REQUEST_DEADLINE_MS",
+    "IDEMPOTENCY_KEY_TTL_SECONDS",
 )
 
 
@@ -77,6 +80,10 @@ class BaseConfig:
     MONGO_SERVER_SELECTION_TIMEOUT_MS = 2000
     MONGO_OPERATION_TIMEOUT_MS = 2500
     EMBEDDED_DB_PATH = ""  # default: <instance>/secantus-data
+    # Safe retries (issue 11): one database budget per request, and how long an
+    # Idempotency-Key is remembered.
+    REQUEST_DEADLINE_MS = 2500  # all of a request's database work; then 503
+    IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
     # Tokens and sessions. No JWT_SECRET_KEY in development: one is generated
     # into the instance folder.
     JWT_SECRET_KEY: str | None = None

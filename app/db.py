@@ -5,18 +5,26 @@ it cannot exist at import or factory time) and closed in ``after_serving``.
 PyMongo's ``AsyncMongoClient`` (Motor's successor) is the default driver;
 ``MONGO_DRIVER=motor`` selects Motor. Both raise PyMongo's exceptions, so
 the rest of the app needs no driver-specific code.
+
+Every request gets one database budget (``REQUEST_DEADLINE_MS``), opened
+before anything else runs and shared by all of its operations through
+``pymongo.timeout()``. A per-operation bound alone lets a request with two
+operations take twice as long (4.6 s seen for a 2.5 s bound); a client that
+gave up on it would retry a write that was in fact answered late.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
-from quart import Quart, Response, current_app
+from quart import Quart, Response, current_app, g
 
 from .errors import ApiError, handle_unexpected, problem_response
 
@@ -118,6 +126,10 @@ class Mongo:
         app.extensions["mongo"] = _Connection()
         app.before_serving(self._connect)
         app.after_serving(self._disconnect)
+        # Registered before the other request hooks, so the budget counts from
+        # the moment the app starts on the request (body checks included).
+        app.before_request(self._open_deadline)
+        app.teardown_request(self._close_deadline)
         app.register_error_handler(PyMongoError, self._handle_driver_error)
 
     @staticmethod
@@ -132,6 +144,35 @@ class Mongo:
         if database is None:
             raise RuntimeError("the database client starts in before_serving")
         return database
+
+    @staticmethod
+    async def _open_deadline() -> None:
+        """Start the request's one budget for all of its database operations.
+
+        ``pymongo.timeout`` keeps its deadline in context variables: PyMongo's
+        async client reads them in the request's task, and Motor runs each
+        operation in a worker thread inside a copy of the caller's context, so
+        both drivers see it (tests/test_deadline.py checks each). When it is
+        spent the next operation raises a timeout error: a 503, never a late
+        success. Entered here and left in teardown, in the same task.
+        """
+        budget = current_app.config["REQUEST_DEADLINE_MS"] / 1000
+        scope = pymongo.timeout(budget)
+        scope.__enter__()
+        g.database_scope = scope
+        g.database_deadline = time.monotonic() + budget
+
+    @staticmethod
+    async def _close_deadline(_: BaseException | None) -> None:
+        scope = g.pop("database_scope", None)
+        if scope is not None:
+            scope.__exit__(None, None, None)
+
+    @staticmethod
+    def time_left() -> float:
+        """Seconds left of the current request's database budget (0 when spent)."""
+        deadline: float = g.database_deadline
+        return max(0.0, deadline - time.monotonic())
 
     async def _connect(self) -> None:
         config = current_app.config

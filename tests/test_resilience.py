@@ -53,3 +53,34 @@ async def test_outage_gives_fast_503_then_recovers(
         assert (await client.get("/readyz")).status_code == 200
         response = await client.post("/api/v1/auth/register", json=credentials)
         assert response.status_code == 201
+
+
+async def test_outage_is_bounded_by_the_request_deadline(
+    settings: dict[str, Any], own_database: EmbeddedDatabase
+) -> None:
+    """With server selection and operation bounds far above the request's
+    budget, an outage still answers 503 once the budget is spent."""
+    settings["MONGO_URI"] = own_database.uri
+    settings["MONGO_SERVER_SELECTION_TIMEOUT_MS"] = 30_000
+    settings["MONGO_OPERATION_TIMEOUT_MS"] = 30_000
+    settings["REQUEST_DEADLINE_MS"] = 500
+    app = await create_app(settings)
+    async with app.test_app():
+        client = app.test_client()
+        credentials = {"username": "alice", "password": "long enough pw"}
+        assert (await client.post("/api/v1/auth/register", json=credentials)).status_code == 201
+        login = await client.post("/api/v1/auth/login", json=credentials)
+        headers = {"Authorization": f"Bearer {(await login.get_json())['access_token']}"}
+
+        own_database.stop()
+        # A guard, not a measurement: without the budget each request would
+        # wait out the 30 s server selection bound.
+        async with asyncio.timeout(15):
+            for _ in range(3):
+                response = await client.post(
+                    "/api/v1/todos", json={"title": "during the outage"}, headers=headers
+                )
+                assert response.status_code == 503
+                assert response.headers["Retry-After"] == "1"
+                assert (await response.get_json())["code"] == "service_unavailable"
+        own_database.start()  # so that closing the client need not wait out its bounds
