@@ -18,17 +18,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
-from quart import Quart, Response, current_app, g
+from quart import Quart, Response, current_app
 
 from .errors import ApiError, handle_unexpected, problem_response
 
 logger = logging.getLogger(__name__)
+
+#: The current request's budget: its ``pymongo.timeout`` scope and monotonic
+#: deadline. Context-local like pymongo's own deadline (each request runs in
+#: its own task), not on ``g``: concurrent requests may share an app context.
+_BUDGET: ContextVar[tuple[AbstractContextManager[Any], float] | None] = ContextVar(
+    "request_database_budget", default=None
+)
 
 
 #: Indexes per collection. ``create_indexes`` is idempotent, so every worker
@@ -51,6 +60,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
     ],
     "stream_tickets": [
+        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
+    ],
+    "idempotency_keys": [
         IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
     ],
     "todos": [
@@ -159,20 +171,22 @@ class Mongo:
         budget = current_app.config["REQUEST_DEADLINE_MS"] / 1000
         scope = pymongo.timeout(budget)
         scope.__enter__()
-        g.database_scope = scope
-        g.database_deadline = time.monotonic() + budget
+        _BUDGET.set((scope, time.monotonic() + budget))
 
     @staticmethod
     async def _close_deadline(_: BaseException | None) -> None:
-        scope = g.pop("database_scope", None)
-        if scope is not None:
-            scope.__exit__(None, None, None)
+        budget = _BUDGET.get()
+        if budget is not None:
+            _BUDGET.set(None)
+            budget[0].__exit__(None, None, None)
 
     @staticmethod
     def time_left() -> float:
         """Seconds left of the current request's database budget (0 when spent)."""
-        deadline: float = g.database_deadline
-        return max(0.0, deadline - time.monotonic())
+        budget = _BUDGET.get()
+        if budget is None:
+            raise RuntimeError("the database budget opens in before_request")
+        return max(0.0, budget[1] - time.monotonic())
 
     async def _connect(self) -> None:
         config = current_app.config

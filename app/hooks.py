@@ -24,7 +24,14 @@ SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
 API_PREFIX = "/api/"
 JSON_TYPES = frozenset({"application/json", PROBLEM_CONTENT_TYPE})
-EXPOSED_HEADERS = ["ETag", "Location", "Retry-After", "X-Request-ID", "WWW-Authenticate"]
+EXPOSED_HEADERS = [
+    "ETag",
+    "Location",
+    "Retry-After",
+    "X-Request-ID",
+    "WWW-Authenticate",
+    "Idempotent-Replayed",
+]
 
 
 def _has(headers: Headers, name: str) -> bool:
@@ -134,6 +141,7 @@ def init_app(app: Quart) -> Quart:
             allow_headers=[
                 "Authorization",
                 "Content-Type",
+                "Idempotency-Key",
                 "If-Match",
                 "If-None-Match",
                 "Last-Event-ID",  # an EventSource reconnecting sends it

@@ -78,11 +78,26 @@ HEADERS: dict[str, dict[str, Any]] = {
         "description": "`no`: tells nginx-style proxies not to buffer the event stream.",
         "schema": {"type": "string", "const": "no"},
     },
+    "Idempotent-Replayed": {
+        "description": "Present (`true`) when the response answers a repeat of an "
+        "Idempotency-Key: the todo was created by an earlier request and is shown as it is now.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
 }
 #: Headers every response carries (app/hooks.py), and those of responses with a JSON body.
 COMMON_HEADERS = ["X-Request-ID", "Cache-Control", "X-Content-Type-Options", "Referrer-Policy"]
 BODY_HEADERS = ["Content-Security-Policy"]
 REQUEST_HEADERS: dict[str, dict[str, Any]] = {
+    "Idempotency-Key": {
+        "description": "Optional. 1 to 255 visible ASCII characters, one per intended todo, "
+        "scoped to "
+        "the user and remembered for 24 hours. A repeat with the same body answers 201 with "
+        "the same todo (its current ETag) and `Idempotent-Replayed: true`, or 404 (also "
+        "replayed) when that todo was deleted since; with another body 422 "
+        "`idempotency_key_reused`; while the first attempt still runs 409 "
+        "`idempotency_key_in_progress` with Retry-After.",
+        "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+    },
     "If-Match": {
         "description": (
             "Optional. Act only if the todo's ETag is listed (strong comparison), or `*`. "
@@ -118,12 +133,14 @@ PROBLEM_DESCRIPTIONS = {
     404: "No such resource (`not_found`).",
     409: (
         "Conflict: the username is taken (`username_taken`), "
-        "or the todo quota is reached (`quota_exceeded`)."
+        "the todo quota is reached (`quota_exceeded`), or the first request with "
+        "this Idempotency-Key is still running (`idempotency_key_in_progress`, see Retry-After)."
     ),
     412: "If-Match did not match the current version (`version_conflict`); ETag is the current.",
     413: "Body larger than 64 KiB (`payload_too_large`).",
     415: "Body is not `application/json` (`unsupported_media_type`).",
-    422: "Well-formed but invalid input (`validation_failed`), see `errors`.",
+    422: "Well-formed but invalid input (`validation_failed`), see `errors`; or an "
+    "Idempotency-Key used before with another body (`idempotency_key_reused`).",
     429: "Rate limited (`rate_limited`), see Retry-After.",
     500: "Unexpected error (`internal_error`).",
     503: (

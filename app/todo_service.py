@@ -13,9 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
 from quart import current_app
 
-from . import cursors
+from . import cursors, idempotency
 from .clock import utcnow
 from .errors import ApiError
 from .models.todos import ListQuery, TodoCreate
@@ -55,10 +56,20 @@ def _version_conflict(current_version: int, if_match: IfMatch) -> ApiError:
     return ApiError(412, "version_conflict", detail, headers={"ETag": etag(current_version)})
 
 
-async def create(owner: ObjectId, data: TodoCreate) -> Todo:
+def _deleted_since() -> ApiError:
+    return ApiError(
+        404,
+        "not_found",
+        "The todo this Idempotency-Key created has been deleted since.",
+        headers={"Idempotent-Replayed": "true"},
+    )
+
+
+async def create(owner: ObjectId, data: TodoCreate, todo_id: ObjectId | None = None) -> Todo:
+    """Insert a new todo (under ``todo_id`` when the caller fixed it)."""
     now = utcnow()
     todo: Todo = {
-        "_id": ObjectId(),
+        "_id": todo_id or ObjectId(),
         "owner": owner,
         "title": data.title,
         "notes": data.notes,
@@ -82,6 +93,39 @@ async def create(owner: ObjectId, data: TodoCreate) -> Todo:
             f"You hold the maximum of {quota} todos; delete some to create more.",
         ) from None
     return todo
+
+
+async def create_once(owner: ObjectId, data: TodoCreate, key: str) -> tuple[Todo, bool]:
+    """Create the todo that Idempotency-Key ``key`` stands for, at most once.
+
+    Returns the todo (as it is now) and whether this was a replay. A replay
+    of a todo deleted since is 404: the create was done, and is not redone.
+    """
+    claim = await idempotency.begin(owner, key, idempotency.fingerprint(data))
+    if not claim.mine:
+        todo = await store.find(owner, claim.resource_id)
+        if todo is not None:
+            if not claim.completed:  # its first attempt wrote it but never said so
+                await idempotency.complete(claim)
+            return todo, True
+        if claim.completed:
+            raise _deleted_since()
+        claim = await idempotency.take_over(claim)  # 409 while it may still run
+    try:
+        todo = await create(owner, data, claim.resource_id)
+    except DuplicateKeyError:
+        # An earlier attempt's insert landed after this one looked for it.
+        found = await store.find(owner, claim.resource_id)
+        if found is None:
+            raise
+        todo = found
+        await idempotency.complete(claim)
+        return todo, True
+    except ApiError:
+        await idempotency.release(claim)  # refused, nothing created: free the key
+        raise
+    await idempotency.complete(claim)
+    return todo, False
 
 
 async def get(owner: ObjectId, todo_id: ObjectId) -> Todo:

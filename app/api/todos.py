@@ -16,7 +16,8 @@ from quart_schema import (
     validate_request,
 )
 
-from .. import todo_service
+from .. import idempotency, todo_service
+from ..errors import validation_error
 from ..json_provider import json_response
 from ..models.todos import (
     ClearCompletedQuery,
@@ -42,6 +43,7 @@ OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 ENTITY_TAG = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
 LIST_ELEMENT = re.compile(r'(?:[^,"]|"[^"]*")+')
 VERSION = re.compile(r"[1-9][0-9]*")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 R = TypeVar("R")
 
 
@@ -112,6 +114,24 @@ def if_none_match(version: int) -> bool:
     return any(tag == str(version) for _, tag in _entity_tags(header))
 
 
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key: 1 to 255 visible ASCII characters, or None.
+
+    The value is taken as sent: a client following the draft's structured
+    string (``"k"``) keeps its quotes, and matches itself on every retry.
+    """
+    values = request.headers.getlist(idempotency.HEADER)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise validation_error(("header", idempotency.HEADER), "send one Idempotency-Key")
+    if not IDEMPOTENCY_KEY.fullmatch(values[0]):
+        raise validation_error(
+            ("header", idempotency.HEADER), "must be 1 to 255 visible ASCII characters"
+        )
+    return values[0]
+
+
 def todo_response(todo: dict[str, Any], status: int = 200) -> Response:
     """The todo as JSON with its ETag: every response showing a todo carries one."""
     response = json_response(todo_json(todo), status)
@@ -119,18 +139,29 @@ def todo_response(todo: dict[str, Any], status: int = 200) -> Response:
     return response
 
 
+def created_response(todo: dict[str, Any], replayed: bool = False) -> Response:
+    """201 with the todo, its ETag and Location; marked when it answers a replay."""
+    response = todo_response(todo, 201)
+    response.headers["Location"] = url_for("todos.get_todo", todo_id=str(todo["_id"]))
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
 @blueprint.post("")
 @require_access
 @validate_request(TodoCreate)
 @document_response(Todo, 201)
-@response_headers(201, "Location", "ETag")
-@problems(409)
+@request_headers(idempotency.HEADER)
+@response_headers(201, "Location", "ETag", "Idempotent-Replayed")
+@problems(404, 409)
 async def create_todo(data: TodoCreate) -> Response:
-    """Create a todo."""
-    todo = await todo_service.create(current_user().id, data)
-    response = todo_response(todo, 201)
-    response.headers["Location"] = url_for("todos.get_todo", todo_id=str(todo["_id"]))
-    return response
+    """Create a todo; with an `Idempotency-Key`, at most once per key (retry safely)."""
+    key = idempotency_key()
+    if key is None:
+        return created_response(await todo_service.create(current_user().id, data))
+    todo, replayed = await todo_service.create_once(current_user().id, data, key)
+    return created_response(todo, replayed)
 
 
 @blueprint.get("")
