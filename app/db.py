@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from functools import wraps
+from typing import Any, TypeVar, cast
 
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
@@ -31,6 +33,7 @@ from quart import Quart, Response, current_app
 from .errors import ApiError, handle_unexpected, problem_response
 
 logger = logging.getLogger(__name__)
+Dispatch = TypeVar("Dispatch", bound=Callable[..., Awaitable[Any]])
 
 #: The current request's budget: its ``pymongo.timeout`` scope and monotonic
 #: deadline. Context-local like pymongo's own deadline (each request runs in
@@ -121,6 +124,15 @@ async def _drop_index(collection: Any, name: str) -> None:
             raise
 
 
+def _unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "service_unavailable",
+        "The database is unavailable; try again shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
 @dataclass
 class _Connection:
     """Per-app state: each app (one per test) has its own client."""
@@ -142,6 +154,9 @@ class Mongo:
         # the moment the app starts on the request (body checks included).
         app.before_request(self._open_deadline)
         app.teardown_request(self._close_deadline)
+        # Flask's way of wrapping an app (as with ``wsgi_app``): the view runs
+        # inside the budget, and is stopped when it is spent.
+        app.dispatch_request = self._within_budget(app.dispatch_request)  # type: ignore[method-assign]
         app.register_error_handler(PyMongoError, self._handle_driver_error)
 
     @staticmethod
@@ -179,6 +194,33 @@ class Mongo:
         if budget is not None:
             _BUDGET.set(None)
             budget[0].__exit__(None, None, None)
+
+    @staticmethod
+    def _within_budget(dispatch: Dispatch) -> Dispatch:
+        """Run the view until its request's budget is spent, then answer 503.
+
+        The driver's own bound can overshoot: while no server is selectable
+        it rechecks only every 0.5 s, and a loaded machine adds to that. So
+        the view is cancelled at the deadline itself. A write already sent may
+        still land after the 503, exactly as after a driver timeout: that is
+        what ``Idempotency-Key`` is for.
+        """
+
+        @wraps(dispatch)
+        async def dispatch_within_budget(*args: Any, **kwargs: Any) -> Any:
+            budget = _BUDGET.get()
+            if budget is None:
+                return await dispatch(*args, **kwargs)
+            try:
+                async with asyncio.timeout(budget[1] - time.monotonic()) as bound:
+                    return await dispatch(*args, **kwargs)
+            except TimeoutError:
+                if not bound.expired():
+                    raise
+                logger.warning("request deadline spent")
+                raise _unavailable() from None
+
+        return cast("Dispatch", dispatch_within_budget)
 
     @staticmethod
     def time_left() -> float:
@@ -311,12 +353,5 @@ class Mongo:
     async def _handle_driver_error(error: PyMongoError) -> Response:
         if is_unavailable(error):
             logger.warning("database unavailable: %s", type(error).__name__)
-            return problem_response(
-                ApiError(
-                    503,
-                    "service_unavailable",
-                    "The database is unavailable; try again shortly.",
-                    headers={"Retry-After": "1"},
-                )
-            )
+            return problem_response(_unavailable())
         return await handle_unexpected(error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -56,10 +57,15 @@ async def test_outage_gives_fast_503_then_recovers(
 
 
 async def test_outage_is_bounded_by_the_request_deadline(
-    settings: dict[str, Any], own_database: EmbeddedDatabase
+    settings: dict[str, Any], own_database: EmbeddedDatabase, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With server selection and operation bounds far above the request's
-    budget, an outage still answers 503 once the budget is spent."""
+    budget, an outage still answers 503 once the budget is spent.
+
+    The driver notices a spent budget only when it next rechecks (every 0.5 s
+    while no server answers), so the app stops the view at the deadline
+    itself: the log says which of the two ended each request.
+    """
     settings["MONGO_URI"] = own_database.uri
     settings["MONGO_SERVER_SELECTION_TIMEOUT_MS"] = 30_000
     settings["MONGO_OPERATION_TIMEOUT_MS"] = 30_000
@@ -72,6 +78,7 @@ async def test_outage_is_bounded_by_the_request_deadline(
         login = await client.post("/api/v1/auth/login", json=credentials)
         headers = {"Authorization": f"Bearer {(await login.get_json())['access_token']}"}
 
+        logging.getLogger("app.db").addHandler(caplog.handler)
         own_database.stop()
         # A guard, not a measurement: without the budget each request would
         # wait out the 30 s server selection bound.
@@ -84,3 +91,5 @@ async def test_outage_is_bounded_by_the_request_deadline(
                 assert response.headers["Retry-After"] == "1"
                 assert (await response.get_json())["code"] == "service_unavailable"
         own_database.start()  # so that closing the client need not wait out its bounds
+        logging.getLogger("app.db").removeHandler(caplog.handler)
+    assert "request deadline spent" in caplog.messages
