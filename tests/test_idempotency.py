@@ -275,3 +275,40 @@ async def test_without_a_key_nothing_changes_and_nothing_is_added(api: Api, db: 
     assert await db["idempotency_keys"].count_documents({}) == 0
     assert (await post(api, headers, {"title": "Buy milk"}, key=None)).status_code == 201
     assert await db["todos"].count_documents({"title": "Buy milk"}) == 2
+
+
+@pytest.mark.settings(CORS_ORIGINS="https://app.example")
+async def test_cors_allows_the_key_and_exposes_the_replay_header(api: Api) -> None:
+    preflight = await api.client.options(
+        TODOS,
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+        },
+    )
+    allowed = preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert "idempotency-key" in allowed
+    headers = {**(await api.headers()), "Origin": "https://app.example"}
+    await post(api, headers, {"title": "Buy milk"})
+    again = await post(api, headers, {"title": "Buy milk"})
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" in again.headers["Access-Control-Expose-Headers"]
+
+
+async def test_the_openapi_document_declares_the_key_and_its_answers(api: Api) -> None:
+    spec = await (await api.client.get("/openapi.json")).get_json()
+    create = spec["paths"]["/api/v1/todos"]["post"]
+    [key] = [p for p in create["parameters"] if p["name"] == "Idempotency-Key"]
+    assert key["in"] == "header"
+    assert key["schema"]["pattern"] == "^[\\x21-\\x7e]{1,255}$"
+    assert "idempotency_key_reused" in key["description"]
+    created = create["responses"]["201"]
+    assert created["headers"]["Idempotent-Replayed"] == {
+        "$ref": "#/components/headers/Idempotent-Replayed"
+    }
+    assert {"404", "409", "422"} <= set(create["responses"])
+    conflict = spec["components"]["responses"][create["responses"]["409"]["$ref"].split("/")[-1]]
+    assert "idempotency_key_in_progress" in conflict["description"]
+    invalid = spec["components"]["responses"][create["responses"]["422"]["$ref"].split("/")[-1]]
+    assert "idempotency_key_reused" in invalid["description"]
