@@ -338,12 +338,16 @@ class Mongo:
         return await stream.__aenter__()
 
     async def is_ready(self, within_seconds: float) -> bool:
-        """True when indexes exist and a ping answers within ``within_seconds``."""
+        """True when indexes exist and a ping answers within ``within_seconds``.
+
+        The wait also ends a little before the request's budget, so that the
+        probe gives its own answer even when REQUEST_DEADLINE_MS is shorter.
+        """
         state = self._state()
         if state.database is None or not state.indexes_ready:
             return False
         try:
-            async with asyncio.timeout(within_seconds):
+            async with asyncio.timeout(min(within_seconds, self.time_left() - 0.1)):
                 await state.database.command("ping")
         except (TimeoutError, PyMongoError):
             return False

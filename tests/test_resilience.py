@@ -93,3 +93,25 @@ async def test_outage_is_bounded_by_the_request_deadline(
         own_database.start()  # so that closing the client need not wait out its bounds
         logging.getLogger("app.db").removeHandler(caplog.handler)
     assert "request deadline spent" in caplog.messages
+
+
+async def test_readiness_answers_its_own_503_within_a_short_budget(
+    settings: dict[str, Any], own_database: EmbeddedDatabase
+) -> None:
+    settings["MONGO_URI"] = own_database.uri
+    settings["MONGO_SERVER_SELECTION_TIMEOUT_MS"] = 30_000
+    settings["REQUEST_DEADLINE_MS"] = 800  # shorter than the probe's own 2 s
+    app = await create_app(settings)
+    async with app.test_app():
+        client = app.test_client()
+        assert (await client.get("/readyz")).status_code == 200
+        own_database.stop()
+        for _ in range(2):
+            response = await client.get("/readyz")
+            assert response.status_code == 503
+            assert response.mimetype == "application/json"
+            assert await response.get_json() == {
+                "status": "unavailable",
+                "checks": {"mongo": "unavailable"},
+            }
+        own_database.start()
