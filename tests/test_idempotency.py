@@ -13,7 +13,7 @@ from quart import Quart
 from app import idempotency, todo_service
 from app.clock import utcnow
 from app.models.todos import TodoCreate
-from tests.conftest import Api
+from tests.conftest import TODO_DOCS, Api
 
 TODOS = "/api/v1/todos"
 KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"
@@ -31,6 +31,10 @@ async def code(response: Any) -> str:
     assert response.mimetype == "application/problem+json"
     value: str = (await response.get_json())["code"]
     return value
+
+
+async def todo_count(db: Any) -> int:
+    return int(await db["todos"].count_documents(TODO_DOCS))
 
 
 async def opcounters(db: Any) -> dict[str, int]:
@@ -74,7 +78,7 @@ async def test_an_equivalent_body_is_the_same_request(api: Api, db: Any) -> None
     assert (first.status_code, again.status_code) == (201, 201)
     assert again.headers["Idempotent-Replayed"] == "true"
     assert (await again.get_json())["id"] == (await first.get_json())["id"]
-    assert await db["todos"].count_documents({}) == 1
+    assert await todo_count(db) == 1
 
 
 async def test_the_same_key_with_another_body_is_422(api: Api, db: Any) -> None:
@@ -84,7 +88,7 @@ async def test_the_same_key_with_another_body_is_422(api: Api, db: Any) -> None:
     assert reused.status_code == 422
     assert await code(reused) == "idempotency_key_reused"
     assert (await reused.get_json())["errors"][0]["loc"] == ["header", "Idempotency-Key"]
-    assert await db["todos"].count_documents({}) == 1
+    assert await todo_count(db) == 1
 
 
 async def test_a_replay_shows_the_todo_as_it_is_now(api: Api) -> None:
@@ -114,7 +118,7 @@ async def test_a_replay_after_the_todo_was_deleted_is_404_and_creates_nothing(
     assert again.status_code == 404
     assert await code(again) == "not_found"
     assert again.headers["Idempotent-Replayed"] == "true"
-    assert await db["todos"].count_documents({}) == 0
+    assert await todo_count(db) == 0
 
 
 async def test_another_users_identical_key_is_unrelated(api: Api, db: Any) -> None:
@@ -123,7 +127,7 @@ async def test_another_users_identical_key_is_unrelated(api: Api, db: Any) -> No
     assert (alice.status_code, bob.status_code) == (201, 201)
     assert "Idempotent-Replayed" not in bob.headers
     assert (await alice.get_json())["id"] != (await bob.get_json())["id"]
-    assert await db["todos"].count_documents({}) == 2
+    assert await todo_count(db) == 2
 
 
 async def test_a_key_is_remembered_for_a_day_then_it_is_new_again(api: Api, db: Any) -> None:
@@ -143,7 +147,7 @@ async def test_a_key_is_remembered_for_a_day_then_it_is_new_again(api: Api, db: 
     assert "Idempotent-Replayed" not in renewed.headers
     second = await renewed.get_json()
     assert second["id"] != first["id"]
-    assert await db["todos"].count_documents({}) == 2
+    assert await todo_count(db) == 2
 
 
 @pytest.mark.settings(IDEMPOTENCY_KEY_TTL_SECONDS=60)
@@ -171,7 +175,7 @@ async def test_concurrent_first_requests_create_exactly_one_todo(api: Api, db: A
             assert response.status_code == 201
             assert response.headers["Idempotent-Replayed"] == "true"
             assert (await response.get_json())["id"] == todo_id
-    assert await db["todos"].count_documents({}) == 1
+    assert await todo_count(db) == 1
 
 
 async def claim_in_another_request(app: Quart, owner: ObjectId, title: str) -> idempotency.Claim:
@@ -193,7 +197,7 @@ async def test_a_repeat_while_the_first_attempt_runs_is_409_until_its_lease_ends
     assert busy.status_code == 409
     assert await code(busy) == "idempotency_key_in_progress"
     assert busy.headers["Retry-After"] == "1"
-    assert await db["todos"].count_documents({}) == 0
+    assert await todo_count(db) == 0
 
     # The first attempt's budget ran out without an insert: a repeat carries on.
     await db["idempotency_keys"].update_one(
@@ -202,7 +206,7 @@ async def test_a_repeat_while_the_first_attempt_runs_is_409_until_its_lease_ends
     carried_on = await post(api, headers, {"title": "Buy milk"})
     assert carried_on.status_code == 201
     assert (await carried_on.get_json())["id"] == str(claim.resource_id)
-    assert await db["todos"].count_documents({}) == 1
+    assert await todo_count(db) == 1
     assert (await db["idempotency_keys"].find_one({"_id": claim.record["_id"]}))["completed"]
 
 
@@ -223,7 +227,7 @@ async def test_a_first_attempt_that_wrote_but_never_answered_is_replayed(
     assert again.status_code == 201
     assert again.headers["Idempotent-Replayed"] == "true"
     assert (await again.get_json())["id"] == str(claim.resource_id)
-    assert await db["todos"].count_documents({}) == 1
+    assert await todo_count(db) == 1
     # Recorded as done now, so deleting the todo later can never be undone by a retry.
     assert (await db["idempotency_keys"].find_one({"_id": claim.record["_id"]}))["completed"]
 
@@ -239,7 +243,7 @@ async def test_a_malformed_key_is_422_at_the_header(api: Api, db: Any, key: str)
     body = await response.get_json()
     assert body["code"] == "validation_failed"
     assert body["errors"][0]["loc"] == ["header", "Idempotency-Key"]
-    assert await db["todos"].count_documents({}) == 0
+    assert await todo_count(db) == 0
 
 
 async def test_two_key_header_lines_are_422(api: Api) -> None:
@@ -312,3 +316,19 @@ async def test_the_openapi_document_declares_the_key_and_its_answers(api: Api) -
     assert "idempotency_key_in_progress" in conflict["description"]
     invalid = spec["components"]["responses"][create["responses"]["422"]["$ref"].split("/")[-1]]
     assert "idempotency_key_reused" in invalid["description"]
+
+
+@pytest.mark.settings(TODOS_PER_USER=1)
+async def test_a_refused_create_frees_its_key(api: Api, db: Any) -> None:
+    headers = await api.headers()
+    first = await (await post(api, headers, {"title": "One"}, key="first")).get_json()
+    refused = await post(api, headers, {"title": "Two"})
+    assert refused.status_code == 409
+    assert await code(refused) == "quota_exceeded"
+    assert await db["idempotency_keys"].count_documents({"_id.key": KEY}) == 0
+
+    assert (await api.client.delete(f"{TODOS}/{first['id']}", headers=headers)).status_code == 204
+    retried = await post(api, headers, {"title": "Two"})
+    assert retried.status_code == 201
+    assert "Idempotent-Replayed" not in retried.headers
+    assert await todo_count(db) == 1
