@@ -95,14 +95,24 @@ def call(
 
 
 def wait_ready(
-    port: int, server: ServerProcess, seconds: float = 30, path: str = "/readyz"
+    port: int,
+    server: ServerProcess,
+    seconds: float = 30,
+    path: str = "/readyz",
+    workers: int = 1,
 ) -> None:
+    """Wait until ``path`` answers 200 and ``workers`` workers say they run.
+
+    One worker's 200 says nothing of the others: a connection the kernel hands
+    to a worker still starting waits for it.
+    """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"server exited with {server.returncode}:\n{server.output()}")
         try:
-            if call(port, "GET", path)[0] == 200:
+            running = server.output().count("Running on")
+            if running >= workers and call(port, "GET", path)[0] == 200:
                 return
         except OSError:
             pass

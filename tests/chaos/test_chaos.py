@@ -65,7 +65,7 @@ def start_api(
         },
         workers,
     )
-    wait_ready(port, process)
+    wait_ready(port, process, workers=workers)
     return Server(port, database, name), process
 
 
@@ -88,6 +88,7 @@ class Attempt:
     elapsed: float
     todo_id: str | None = None
     replayed: bool = False
+    started: float = 0.0
 
 
 def create_with_key(port: int, access: str, key: str) -> Attempt:
@@ -105,9 +106,9 @@ def create_with_key(port: int, access: str, key: str) -> Attempt:
         response = connection.getresponse()
         payload = json.loads(response.read() or b"null")
     except TimeoutError:
-        return Attempt(key, -2, time.monotonic() - started)
+        return Attempt(key, -2, time.monotonic() - started, started=started)
     except OSError:
-        return Attempt(key, -1, time.monotonic() - started)
+        return Attempt(key, -1, time.monotonic() - started, started=started)
     finally:
         connection.close()
     created = response.status == 201
@@ -117,6 +118,7 @@ def create_with_key(port: int, access: str, key: str) -> Attempt:
         time.monotonic() - started,
         payload["id"] if created else None,
         response.getheader("Idempotent-Replayed") == "true",
+        started=started,
     )
 
 
@@ -170,6 +172,7 @@ def test_database_dies_under_write_load_and_comes_back(
         threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
         for thread in threads:
             thread.start()
+        began = time.monotonic()
         time.sleep(2)
         assert database.process is not None
         database.process.kill()  # SIGKILL: no clean shutdown
@@ -190,6 +193,8 @@ def test_database_dies_under_write_load_and_comes_back(
     replays = sum(a.replayed for a in answered)
     print(f"down {down_for} s: {dict(statuses)}, slowest answer {slowest:.2f} s, {replays} replays")
     assert 500 not in statuses, output[-3000:]
+    late = [(round(a.elapsed, 2), round(a.started - began, 2)) for a in attempts if a.status == -2]
+    assert not late, f"no answer within {ANSWER_BOUND} s (elapsed, started): {late}"
     assert set(statuses) <= {201, 409, 503, 0}, (statuses, output[-3000:])
     if down_for > DEADLINE:  # a quick restart may be bridged by the budget alone
         assert any(a.status == 503 for a in attempts[outage_started:]), "the outage was not seen"
