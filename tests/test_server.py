@@ -73,7 +73,7 @@ def test_two_workers_serve_and_stop_cleanly_on_sigterm(server_env: dict[str, str
     port = free_port()
     server = start_hypercorn(port, server_env, workers=2)
     try:
-        wait_ready(port, server)
+        wait_ready(port, server, workers=2)
         workers = descendants(server.pid)
         assert len(workers) >= 2
         status, body = call(port, "GET", "/healthz")
