@@ -7,7 +7,7 @@ PyMongo's ``AsyncMongoClient`` (Motor's successor) is the default driver;
 the rest of the app needs no driver-specific code.
 
 Every request gets one database budget (``REQUEST_DEADLINE_MS``), opened
-before anything else runs and shared by all of its operations through
+when its view starts and shared by all of its operations through
 ``pymongo.timeout()``. A per-operation bound alone lets a request with two
 operations take twice as long (4.6 s seen for a 2.5 s bound); a client that
 gave up on it would retry a write that was in fact answered late.
@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import wraps
@@ -35,12 +35,10 @@ from .errors import ApiError, handle_unexpected, problem_response
 logger = logging.getLogger(__name__)
 Dispatch = TypeVar("Dispatch", bound=Callable[..., Awaitable[Any]])
 
-#: The current request's budget: its ``pymongo.timeout`` scope and monotonic
-#: deadline. Context-local like pymongo's own deadline (each request runs in
-#: its own task), not on ``g``: concurrent requests may share an app context.
-_BUDGET: ContextVar[tuple[AbstractContextManager[Any], float] | None] = ContextVar(
-    "request_database_budget", default=None
-)
+#: The current request's deadline (``time.monotonic()``). Context-local like
+#: pymongo's own (each request runs in its own task), not on ``g``:
+#: concurrent requests may share an app context.
+_DEADLINE: ContextVar[float | None] = ContextVar("request_database_deadline", default=None)
 
 
 #: Indexes per collection. ``create_indexes`` is idempotent, so every worker
@@ -150,12 +148,8 @@ class Mongo:
         app.extensions["mongo"] = _Connection()
         app.before_serving(self._connect)
         app.after_serving(self._disconnect)
-        # Registered before the other request hooks, so the budget counts from
-        # the moment the app starts on the request (body checks included).
-        app.before_request(self._open_deadline)
-        app.teardown_request(self._close_deadline)
-        # Flask's way of wrapping an app (as with ``wsgi_app``): the view runs
-        # inside the budget, and is stopped when it is spent.
+        # Flask's way of wrapping an app (as with ``wsgi_app``): every view runs
+        # inside its request's database budget.
         app.dispatch_request = self._within_budget(app.dispatch_request)  # type: ignore[method-assign]
         app.register_error_handler(PyMongoError, self._handle_driver_error)
 
@@ -172,63 +166,58 @@ class Mongo:
             raise RuntimeError("the database client starts in before_serving")
         return database
 
-    @staticmethod
-    async def _open_deadline() -> None:
-        """Start the request's one budget for all of its database operations.
+    @contextmanager
+    def budget(self) -> Iterator[float]:
+        """One request's budget (seconds) for all of its database operations.
 
         ``pymongo.timeout`` keeps its deadline in context variables: PyMongo's
         async client reads them in the request's task, and Motor runs each
         operation in a worker thread inside a copy of the caller's context, so
         both drivers see it (tests/test_deadline.py checks each). When it is
         spent the next operation raises a timeout error: a 503, never a late
-        success. Entered here and left in teardown, in the same task.
+        success.
         """
-        budget = current_app.config["REQUEST_DEADLINE_MS"] / 1000
-        scope = pymongo.timeout(budget)
-        scope.__enter__()
-        _BUDGET.set((scope, time.monotonic() + budget))
+        seconds: float = current_app.config["REQUEST_DEADLINE_MS"] / 1000
+        token = _DEADLINE.set(time.monotonic() + seconds)
+        try:
+            with pymongo.timeout(seconds):
+                yield seconds
+        finally:
+            _DEADLINE.reset(token)
 
-    @staticmethod
-    async def _close_deadline(_: BaseException | None) -> None:
-        budget = _BUDGET.get()
-        if budget is not None:
-            _BUDGET.set(None)
-            budget[0].__exit__(None, None, None)
+    def _within_budget(self, dispatch: Dispatch) -> Dispatch:
+        """Run each view inside its request's budget, and stop it when it is spent.
 
-    @staticmethod
-    def _within_budget(dispatch: Dispatch) -> Dispatch:
-        """Run the view until its request's budget is spent, then answer 503.
-
-        The driver's own bound can overshoot: while no server is selectable
-        it rechecks only every 0.5 s, and a loaded machine adds to that. So
-        the view is cancelled at the deadline itself. A write already sent may
-        still land after the 503, exactly as after a driver timeout: that is
-        what ``Idempotency-Key`` is for.
+        The budget opens when the view starts: after the body has arrived and
+        passed its checks, so a slow upload does not spend it. The driver's
+        own bound can overshoot: while no server is selectable it rechecks
+        only every 0.5 s, and a loaded machine adds to that. So the view is
+        also cancelled at the deadline itself and answers 503. A write already
+        sent may still land after the 503, exactly as after a driver timeout:
+        that is what ``Idempotency-Key`` is for.
         """
 
         @wraps(dispatch)
         async def dispatch_within_budget(*args: Any, **kwargs: Any) -> Any:
-            budget = _BUDGET.get()
-            if budget is None:
-                return await dispatch(*args, **kwargs)
-            try:
-                async with asyncio.timeout(budget[1] - time.monotonic()) as bound:
-                    return await dispatch(*args, **kwargs)
-            except TimeoutError:
-                if not bound.expired():
-                    raise
-                logger.warning("request deadline spent")
-                raise _unavailable() from None
+            with self.budget() as seconds:
+                try:
+                    async with asyncio.timeout(seconds) as bound:
+                        return await dispatch(*args, **kwargs)
+                except TimeoutError:
+                    if not bound.expired():
+                        raise
+                    logger.warning("request deadline spent")
+                    raise _unavailable() from None
 
         return cast("Dispatch", dispatch_within_budget)
 
     @staticmethod
     def time_left() -> float:
         """Seconds left of the current request's database budget (0 when spent)."""
-        budget = _BUDGET.get()
-        if budget is None:
-            raise RuntimeError("the database budget opens in before_request")
-        return max(0.0, budget[1] - time.monotonic())
+        deadline = _DEADLINE.get()
+        if deadline is None:
+            raise RuntimeError("no request budget is open")
+        return max(0.0, deadline - time.monotonic())
 
     async def _connect(self) -> None:
         config = current_app.config

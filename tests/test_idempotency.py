@@ -12,6 +12,7 @@ from quart import Quart
 
 from app import idempotency, todo_service
 from app.clock import utcnow
+from app.extensions import mongo
 from app.models.todos import TodoCreate
 from tests.conftest import TODO_DOCS, Api
 
@@ -180,10 +181,10 @@ async def test_concurrent_first_requests_create_exactly_one_todo(api: Api, db: A
 
 async def claim_in_another_request(app: Quart, owner: ObjectId, title: str) -> idempotency.Claim:
     """What a first attempt does before its insert: claim the key (and then stall)."""
-    async with app.test_request_context(TODOS, method="POST"):
-        await app.preprocess_request()
-        body = TodoCreate.model_validate({"title": title})
-        return await idempotency.begin(owner, KEY, idempotency.fingerprint(body))
+    async with app.app_context():
+        with mongo.budget():
+            body = TodoCreate.model_validate({"title": title})
+            return await idempotency.begin(owner, KEY, idempotency.fingerprint(body))
 
 
 async def test_a_repeat_while_the_first_attempt_runs_is_409_until_its_lease_ends(
