@@ -131,6 +131,17 @@ def _unavailable() -> ApiError:
     )
 
 
+def _log_late_outcome(view: asyncio.Future[Any]) -> None:
+    """How a view that outlived its answer ended: expected failures quietly."""
+    if view.cancelled():
+        return
+    error = view.exception()
+    if error is None or is_unavailable(error) or isinstance(error, ApiError):
+        logger.debug("a view ended after its answer: %r", error)
+    else:
+        logger.error("a view failed after its answer", exc_info=error)
+
+
 @dataclass
 class _Connection:
     """Per-app state: each app (one per test) has its own client."""
@@ -186,28 +197,35 @@ class Mongo:
             _DEADLINE.reset(token)
 
     def _within_budget(self, dispatch: Dispatch) -> Dispatch:
-        """Run each view inside its request's budget, and stop it when it is spent.
+        """Run each view inside its request's budget; answer 503 when it is spent.
 
         The budget opens when the view starts: after the body has arrived and
         passed its checks, so a slow upload does not spend it. The driver's
         own bound can overshoot: while no server is selectable it rechecks
-        only every 0.5 s, and a loaded machine adds to that. So the view is
-        also cancelled at the deadline itself and answers 503. A write already
-        sent may still land after the 503, exactly as after a driver timeout:
-        that is what ``Idempotency-Key`` is for.
+        only every 0.5 s, and a loaded machine adds to that. So the answer is
+        given at the deadline itself, while the view, which must not be
+        cancelled (PyMongo's async client corrupts its topology lock when an
+        operation is cancelled in server selection: 500s, then a hang at
+        shutdown), runs out on its own: its next database operation fails, as
+        the budget is spent. A write already sent may still land after the
+        503, exactly as after a driver timeout: that is what
+        ``Idempotency-Key`` is for.
         """
 
         @wraps(dispatch)
         async def dispatch_within_budget(*args: Any, **kwargs: Any) -> Any:
             with self.budget() as seconds:
+                view = asyncio.ensure_future(dispatch(*args, **kwargs))  # copies this context
                 try:
-                    async with asyncio.timeout(seconds) as bound:
-                        return await dispatch(*args, **kwargs)
+                    return await asyncio.wait_for(asyncio.shield(view), seconds)
                 except TimeoutError:
-                    if not bound.expired():
-                        raise
+                    if view.done():  # it ended as the deadline fell (or raised this itself)
+                        return view.result()
                     logger.warning("request deadline spent")
                     raise _unavailable() from None
+                finally:
+                    if not view.done():  # spent, or the client went away
+                        view.add_done_callback(_log_late_outcome)
 
         return cast("Dispatch", dispatch_within_budget)
 
