@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 from collections import deque
@@ -178,9 +179,14 @@ class Hub:
         """Start the worker's change stream if it is not running; wait until it is open."""
         if self._task is None or self._task.done():
             self._opened = asyncio.get_running_loop().create_future()
-            self._task = asyncio.create_task(self._run(self._opened))
+            # Tasks of the worker, not of the request that happens to start
+            # them: a fresh context, or the request's database budget
+            # (pymongo.timeout, app/db.py) would end the change stream with it.
+            self._task = asyncio.create_task(self._run(self._opened), context=contextvars.Context())
             if self._watcher is None:
-                self._watcher = asyncio.create_task(self._shutdown_when_told())
+                self._watcher = asyncio.create_task(
+                    self._shutdown_when_told(), context=contextvars.Context()
+                )
         assert self._opened is not None
         await asyncio.shield(self._opened)
 
