@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.embedded_db import EmbeddedDatabase, free_port
 from scripts.bench import process_tree_cpu_seconds
-from scripts.devserver import ROOT, call, start_hypercorn, stop, wait_ready
+from scripts.devserver import ROOT, call, running_server
 
 RESULTS = ROOT / "bench-results" / "live.json"
 
@@ -145,25 +144,15 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    database = EmbeddedDatabase(":memory:")
-    database.start()
-    port = free_port()
-    server = start_hypercorn(
-        port,
-        {
-            "APP_ENV": "testing",
-            "LOG_LEVEL": "WARNING",
-            "MONGO_URI": database.uri,
-            "MONGO_DB": "bench_live",
-            "REGISTRATIONS_PER_ADDRESS": "1000000",
-            "LOGIN_ATTEMPTS_PER_ADDRESS": "1000000",
-            "LOGIN_FAILURES_PER_ADDRESS": "1000000",
-            "EVENTS_HEARTBEAT_SECONDS": str(args.heartbeat),
-        },
-        workers=2,
-    )
-    try:
-        wait_ready(port, server)
+    env = {
+        "LOG_LEVEL": "WARNING",
+        "MONGO_DB": "bench_live",
+        "REGISTRATIONS_PER_ADDRESS": "1000000",
+        "LOGIN_ATTEMPTS_PER_ADDRESS": "1000000",
+        "LOGIN_FAILURES_PER_ADDRESS": "1000000",
+        "EVENTS_HEARTBEAT_SECONDS": str(args.heartbeat),
+    }
+    with running_server(env, workers=2) as (port, server):
         tokens = register_users(port, args.users)
         # A few streams of a user nobody writes for start each worker's change
         # stream first, so it is not counted as memory of the measured streams.
@@ -207,9 +196,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for task in [*warmers, *readers]:
             task.cancel()
         await asyncio.gather(*warmers, *readers, return_exceptions=True)
-    finally:
-        stop(server)
-        database.stop()
     return {
         "streams": args.users * per_user,
         "users": args.users,

@@ -131,6 +131,15 @@ def stop(server: ServerProcess) -> str:
 @contextmanager
 def serving(env: dict[str, str] | None = None, workers: int = 2) -> Iterator[int]:
     """A testing-config server on a fresh in-memory database; yields its port."""
+    with running_server(env, workers) as (port, _):
+        yield port
+
+
+@contextmanager
+def running_server(
+    env: dict[str, str] | None = None, workers: int = 2
+) -> Iterator[tuple[int, ServerProcess]]:
+    """Like ``serving``, also yielding the server process (for its pid)."""
     database = EmbeddedDatabase(":memory:")
     database.start()
     port = free_port()
@@ -146,7 +155,7 @@ def serving(env: dict[str, str] | None = None, workers: int = 2) -> Iterator[int
     )
     try:
         wait_ready(port, server)
-        yield port
+        yield port, server
     finally:
         stop(server)
         database.stop()

@@ -129,23 +129,23 @@ async def _replay(
         return
     sent.last = position
     try:
-        stream = await changes.open_stream(position.token)
-    except PyMongoError as error:
+        async for frame in _changes_since(subscriber, sent, position):
+            yield frame
+    except PyMongoError as error:  # opening or reading: the position may be gone
         if not changes.cannot_resume(error):
             raise
         yield _reset_frame(live_hub)
         sent.last = None
-        return
+
+
+async def _changes_since(
+    subscriber: Subscriber, sent: _Sent, position: sse.Position
+) -> AsyncIterator[bytes]:
+    """The caller's frames from the database's history after ``position``, until caught up."""
+    stream = await changes.open_stream(position.token)
     try:
         while True:
-            try:
-                change = await stream.try_next()
-            except PyMongoError as error:
-                if not changes.cannot_resume(error):
-                    raise
-                yield _reset_frame(live_hub)
-                sent.last = None
-                return
+            change = await stream.try_next()
             if change is None:
                 return  # caught up: the hub's events follow
             frame = _replayed(subscriber, sent, change)
