@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench bench-live clean
+.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,14 +48,11 @@ chaos: $(BIN)/.installed
 	MONGO_DRIVER=motor $(BIN)/pytest -q -m chaos tests/chaos
 	MONGO_DRIVER=pymongo $(BIN)/pytest -q -m chaos tests/chaos
 
-## bench: wrk against this API, the Flask+PyMongo peer and a bare Quart floor; BENCH_ARGS=--quick for ~2 minutes
+## bench: wrk against this API, the Flask+PyMongo peer and a bare Quart floor, then 1,000 open
+## event streams (live); BENCH_ARGS=--quick for ~4 minutes, BENCH_ARGS="--scenarios live" for live alone
 bench: $(BIN)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
-
-## bench-live: 1,000 open event streams over 2 workers while todos are written at 50/s
-bench-live: $(BIN)/.installed
-	$(BIN)/python -m scripts.bench_live $(BENCH_LIVE_ARGS)
 
 ## lint: ruff and mypy
 lint: $(BIN)/.installed

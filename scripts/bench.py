@@ -15,8 +15,13 @@ each target in turn, the targets' order rotating, and the whole round is
 repeated; medians are reported. CPU milliseconds per request come from the
 process trees' CPU time in /proc (server and database separately).
 
-    python -m scripts.bench            # 5 s per run, 3 repeats (about 7 minutes)
-    python -m scripts.bench --quick    # 2 s per run, one pass (about 2 minutes)
+The ``live`` scenario then starts this API alone, once per driver, and holds
+1,000 event streams open while todos are written (``scripts/bench_live.py``);
+the peer has no live updates to compare with.
+
+    python -m scripts.bench            # 5 s per run, 3 repeats (about 10 minutes)
+    python -m scripts.bench --quick    # 2 s per run, one pass (about 4 minutes)
+    python -m scripts.bench --scenarios live
 """
 
 from __future__ import annotations
@@ -38,9 +43,20 @@ from pathlib import Path
 from typing import Any
 
 from app.embedded_db import EmbeddedDatabase, free_port
-from scripts.devserver import ROOT, ServerProcess, call, start_hypercorn, stop, wait_ready
+from scripts import bench_live
+from scripts.devserver import (
+    ROOT,
+    ServerProcess,
+    call,
+    process_tree_cpu_seconds,
+    start_hypercorn,
+    stop,
+    wait_ready,
+)
 
-SCENARIOS = ["healthz", "me", "todo_get", "post", "list_100", "mixed"]
+WRK_SCENARIOS = ["healthz", "me", "todo_get", "post", "list_100", "mixed"]
+LIVE = "live"  # open event streams (scripts/bench_live.py): this API only, per driver
+SCENARIOS = [*WRK_SCENARIOS, LIVE]
 USERS = 50
 TODOS_OF_FIRST_USER = 1000
 TODOS_OF_OTHERS = 20
@@ -48,7 +64,6 @@ PASSWORD = "benchmark password"  # noqa: S105 (a throwaway benchmark account)
 PEER_DIR = ROOT.parent / "shared" / "bench-peers" / "flask_pymongo"
 PEER = "flask+pymongo"
 FLOOR = "bare quart"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WRK = shutil.which("wrk") or ""
 
 # One Lua script drives every scenario; the data comes in a generated prelude.
@@ -120,23 +135,6 @@ class Result:
     rps_vs_peer: float | None = None
     cpu_vs_peer: float | None = None
     cpu_vs_floor: float | None = None
-
-
-def process_tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and all its descendants (Linux /proc)."""
-    total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-            for task in Path(f"/proc/{current}/task").iterdir():
-                children = (task / "children").read_text().split()
-                pending += [int(child) for child in children]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
 
 
 def _seed_user(port: int, index: int) -> tuple[str, list[str]]:
@@ -234,7 +232,7 @@ def summarise(samples: dict[tuple[str, str], list[dict[str, Any]]]) -> list[Resu
         floor = results.get((FLOOR, result.scenario))
         if floor is not None and result.target != FLOOR:
             result.cpu_vs_floor = result.cpu_ms_per_request / floor.cpu_ms_per_request
-    return sorted(results.values(), key=lambda r: (SCENARIOS.index(r.scenario), r.target))
+    return sorted(results.values(), key=lambda r: (WRK_SCENARIOS.index(r.scenario), r.target))
 
 
 def markdown(results: list[Result]) -> str:
@@ -281,7 +279,7 @@ def start_targets(
     for driver in drivers:
         port = free_port()
         server = start_hypercorn(port, {**production, "MONGO_DRIVER": driver}, workers, log)
-        targets.append(Target(f"api {driver}", port, server, SCENARIOS))
+        targets.append(Target(f"api {driver}", port, server, WRK_SCENARIOS))
     port = free_port()
     peer = ServerProcess(
         [str(PEER_DIR / "run.sh"), str(port)],
@@ -294,7 +292,7 @@ def start_targets(
         },
         log,
     )
-    targets.append(Target(PEER, port, peer, SCENARIOS))
+    targets.append(Target(PEER, port, peer, WRK_SCENARIOS))
     port = free_port()
     floor = start_hypercorn(port, production, workers, log, "scripts.bare_quart:create_app()")
     targets.append(Target(FLOOR, port, floor, ["healthz"]))
@@ -321,10 +319,46 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.repeats = 2, 1
+    scenarios = args.scenarios.split(",")
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        sys.exit(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = []
+    if set(scenarios) & set(WRK_SCENARIOS):
+        report.append(bench_http(args, [s for s in scenarios if s != LIVE]))
+    if LIVE in scenarios:
+        report.append(bench_live_updates(args))
+    (args.out / "results.md").write_text("\n\n".join(report) + "\n")
+    return 0
+
+
+def bench_live_updates(args: argparse.Namespace) -> str:
+    """The live scenario per driver; writes live.json, returns its table."""
+    options = bench_live.LiveOptions(
+        write_seconds=5 if args.quick else 20, idle_seconds=4 if args.quick else 16
+    )
+    results = []
+    for driver in args.drivers.split(","):
+        print(f"live: {options.streams} streams, driver {driver}", flush=True)
+        results.append(bench_live.measure(driver, options))
+    (args.out / "live.json").write_text(json.dumps(results, indent=2))
+    heading = (
+        f"live: {options.streams} open event streams of {options.users} users over 2 workers, "
+        f"{options.writes_per_second:.0f} todos created per second for "
+        f"{options.write_seconds:.0f} s, {os.cpu_count()} cores shared with the client"
+    )
+    table = bench_live.markdown(results)
+    print()
+    print(heading)
+    print(table)
+    return heading + "\n\n" + table
+
+
+def bench_http(args: argparse.Namespace, scenarios: list[str]) -> str:
+    """The wrk scenarios against every target; writes results.json, returns its table."""
     if not WRK:
         sys.exit("wrk is not installed: `make bench` installs Debian's wrk package")
-    scenarios = args.scenarios.split(",")
-    args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "server.log"
     log.write_text("")
 
@@ -351,7 +385,7 @@ def main() -> int:
             run_wrk(target, target.scenarios[-1], 1, args.connections, db_pid)  # warm up
         for repeat in range(args.repeats):
             for scenario in scenarios:
-                shift = (repeat + SCENARIOS.index(scenario)) % len(targets)
+                shift = (repeat + WRK_SCENARIOS.index(scenario)) % len(targets)
                 for target in targets[shift:] + targets[:shift]:
                     if scenario not in target.scenarios:
                         continue
@@ -379,11 +413,10 @@ def main() -> int:
         f"{os.cpu_count()} cores shared by wrk, servers and SecantusDB"
     )
     (args.out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    (args.out / "results.md").write_text(heading + "\n\n" + table + "\n")
     print()
     print(heading)
     print(table)
-    return 0
+    return heading + "\n\n" + table
 
 
 if __name__ == "__main__":

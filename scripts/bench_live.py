@@ -1,7 +1,7 @@
-"""Benchmark live updates: many open event streams while a writer creates todos.
+"""The ``live`` scenario of ``make bench``: many open event streams while a writer creates todos.
 
 Starts the embedded database and the server as the container runs it (two
-uvloop workers), registers users, then measures in order:
+uvloop workers, production settings), registers users, then measures in order:
 
 1. idle server CPU with no stream open, and the workers' memory;
 2. the same with every stream open and idle (memory per stream is the
@@ -13,12 +13,11 @@ uvloop workers), registers users, then measures in order:
 
 The streams are read by one asyncio loop in this process; the writer runs in
 threads. Everything shares the machine, so the figures include the
-client's own cost. Results go to stdout and bench-results/live.json.
+client's own cost. ``scripts/bench.py`` runs it once per driver.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -30,10 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts.bench import process_tree_cpu_seconds
-from scripts.devserver import ROOT, call, running_server
+from scripts.devserver import call, process_tree_cpu_seconds, running_server
 
-RESULTS = ROOT / "bench-results" / "live.json"
+
+@dataclass(frozen=True)
+class LiveOptions:
+    streams: int = 1000
+    users: int = 100
+    writes_per_second: float = 50
+    write_seconds: float = 20  # the write phase
+    idle_seconds: float = 16  # each idle CPU window: longer than a heartbeat period
+    heartbeat_seconds: int = 15  # EVENTS_HEARTBEAT_SECONDS (large: no heartbeats)
 
 
 @dataclass
@@ -143,17 +149,24 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+def measure(driver: str, options: LiveOptions) -> dict[str, Any]:
+    """The live figures of this API on ``driver``."""
+    return asyncio.run(_measure(driver, options))
+
+
+async def _measure(driver: str, options: LiveOptions) -> dict[str, Any]:
     env = {
+        "APP_ENV": "production",
+        "MONGO_DRIVER": driver,
         "LOG_LEVEL": "WARNING",
         "MONGO_DB": "bench_live",
         "REGISTRATIONS_PER_ADDRESS": "1000000",
         "LOGIN_ATTEMPTS_PER_ADDRESS": "1000000",
         "LOGIN_FAILURES_PER_ADDRESS": "1000000",
-        "EVENTS_HEARTBEAT_SECONDS": str(args.heartbeat),
+        "EVENTS_HEARTBEAT_SECONDS": str(options.heartbeat_seconds),
     }
     with running_server(env, workers=2) as (port, server):
-        tokens = register_users(port, args.users)
+        tokens = register_users(port, options.users)
         # A few streams of a user nobody writes for start each worker's change
         # stream first, so it is not counted as memory of the measured streams.
         arrivals = Arrivals()
@@ -164,10 +177,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             warmers.append(asyncio.create_task(read_stream(port, warm_token, arrivals, ready)))
             await ready.wait()
         await asyncio.sleep(2)
-        idle_without = idle_cpu_ms_per_second(server.pid, args.idle_seconds)
+        idle_without = idle_cpu_ms_per_second(server.pid, options.idle_seconds)
         memory_before = worker_memory_kib(server.pid)
 
-        per_user = args.streams // args.users
+        per_user = options.streams // options.users
         readers = []
         for token in tokens.values():
             for _ in range(per_user):
@@ -176,13 +189,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await ready.wait()
         await asyncio.sleep(2)
         memory_after = worker_memory_kib(server.pid)
-        idle_with = await asyncio.to_thread(idle_cpu_ms_per_second, server.pid, args.idle_seconds)
+        idle_with = await asyncio.to_thread(
+            idle_cpu_ms_per_second, server.pid, options.idle_seconds
+        )
 
         acks: dict[str, float] = {}
         cpu_before = process_tree_cpu_seconds(server.pid)
         delivered_before = arrivals.delivered
         errors = await asyncio.to_thread(
-            write_at_rate, port, list(tokens.values()), args.rate, args.seconds, acks
+            write_at_rate,
+            port,
+            list(tokens.values()),
+            options.writes_per_second,
+            options.write_seconds,
+            acks,
         )
         await asyncio.sleep(2)
         cpu_used = process_tree_cpu_seconds(server.pid) - cpu_before
@@ -197,10 +217,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             task.cancel()
         await asyncio.gather(*warmers, *readers, return_exceptions=True)
     return {
-        "streams": args.users * per_user,
-        "users": args.users,
+        "driver": driver,
+        "streams": options.users * per_user,
+        "users": options.users,
         "workers": 2,
-        "writes_per_second": args.rate,
+        "writes_per_second": options.writes_per_second,
         "writes": len(acks),
         "write_errors": errors,
         "events_expected": expected,
@@ -210,30 +231,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "latency_p99_ms": round(percentile(latencies, 0.99), 1) if latencies else None,
         "latency_max_ms": round(max(latencies), 1) if latencies else None,
         "server_cpu_ms_per_delivered_event": round(cpu_used * 1000 / max(delivered, 1), 3),
-        "memory_kib_per_stream": round((memory_after - memory_before) / (args.streams), 1),
+        "memory_kib_per_stream": round((memory_after - memory_before) / len(readers), 1),
         "idle_cpu_ms_per_s_without_streams": round(idle_without, 1),
         "idle_cpu_ms_per_s_with_streams": round(idle_with, 1),
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--users", type=int, default=100)
-    parser.add_argument("--rate", type=float, default=50, help="writes per second")
-    parser.add_argument("--seconds", type=float, default=20, help="length of the write phase")
-    parser.add_argument("--idle-seconds", type=float, default=16, help="idle CPU window")
-    parser.add_argument(
-        "--heartbeat", type=int, default=15, help="EVENTS_HEARTBEAT_SECONDS (large: no heartbeats)"
-    )
-    args = parser.parse_args()
-    result = asyncio.run(run(args))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    for name, value in result.items():
-        print(f"{name:36} {value}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| driver | events delivered | p50 ms | p90 ms | p99 ms | max ms "
+        "| server CPU ms / event | KiB / open stream | idle CPU ms/s: no streams / all open |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['driver']} | {r['events_delivered']:,} of {r['events_expected']:,} "
+            f"| {r['latency_p50_ms']} | {r['latency_p90_ms']} | {r['latency_p99_ms']} "
+            f"| {r['latency_max_ms']} | {r['server_cpu_ms_per_delivered_event']} "
+            f"| {r['memory_kib_per_stream']} | {r['idle_cpu_ms_per_s_without_streams']} / "
+            f"{r['idle_cpu_ms_per_s_with_streams']} |"
+        )
+    return "\n".join(lines)

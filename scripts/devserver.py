@@ -21,6 +21,7 @@ from app.embedded_db import EmbeddedDatabase, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 HYPERCORN = str(Path(sys.executable).parent / "hypercorn")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class ServerProcess(subprocess.Popen[bytes]):
@@ -159,3 +160,20 @@ def running_server(
     finally:
         stop(server)
         database.stop()
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and all its descendants (Linux /proc)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                pending += [int(child) for child in children]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total

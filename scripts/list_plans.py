@@ -30,7 +30,7 @@ from pymongo import MongoClient
 from app.db import INDEXES
 from app.embedded_db import EmbeddedDatabase
 from app.stores.todos import SORT_FIELDS, due_key, list_pipeline
-from scripts.bench import process_tree_cpu_seconds
+from scripts.devserver import process_tree_cpu_seconds
 
 SORTS = ["-created_at", "created_at", "-updated_at", "updated_at", "due_at", "-due_at"]
 FILTERS: list[dict[str, Any]] = [

@@ -79,3 +79,25 @@ async def test_a_dropped_database_resets_streams_and_live_updates_go_on(
         await connection.disconnect()
     hub = app.extensions["live"]
     assert hub._task is not None and not hub._task.done()  # still following
+
+
+async def test_head_answers_the_headers_and_opens_no_stream(app: Quart, api: Api) -> None:
+    headers = await api.headers()
+    response = await app.test_client().head("/api/v1/todos/events", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["Cache-Control"] == "no-store"
+    assert await response.get_data() == b""
+    assert app.extensions["live"].subscribers == {}
+
+
+async def test_a_stream_that_left_is_unsubscribed_and_its_place_freed(app: Quart, api: Api) -> None:
+    """The response's task notices the disconnect even while the stream is idle."""
+    headers = await api.headers()
+    hub = app.extensions["live"]
+    async with app.test_client().request("/api/v1/todos/events", headers=headers) as connection:
+        await connection.send_complete()
+        assert (await asyncio.wait_for(connection.receive(), timeout=5)).startswith(b"retry:")
+        assert sum(len(streams) for streams in hub.subscribers.values()) == 1
+        await connection.disconnect()
+    assert hub.subscribers == {}

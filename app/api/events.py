@@ -6,7 +6,7 @@ from quart import Blueprint, Response, request
 from quart_schema import document_response, tag_blueprint, validate_querystring
 
 from ..json_provider import json_response
-from ..live import stream, tickets
+from ..live import handoff, stream, tickets
 from ..models.events import EventsQuery, StreamTicket
 from ..openapi import event_stream, problems, request_headers, response_headers
 from ..security import current_user, require_access, require_access_or_ticket
@@ -24,11 +24,10 @@ tag_blueprint(blueprint, ["events"])
 @problems(429)
 async def events(query_args: EventsQuery) -> Response:
     """Stream the caller's todo changes (Server-Sent Events); see the README's Events section."""
-    frames = await stream.open_stream(current_user(), request.headers.get("Last-Event-ID"))
-    response = Response(frames, mimetype="text/event-stream")
+    opened = await stream.open_stream(current_user(), request.headers.get("Last-Event-ID"))
+    response = handoff.hand_off(opened)  # the body is written outside Quart
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"
-    response.timeout = None  # Quart would cut it after RESPONSE_TIMEOUT
     return response
 
 

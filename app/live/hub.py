@@ -3,9 +3,9 @@
 The hub starts with its first subscriber and reads the database's change
 stream until the worker stops. Each change is routed once: a todo event is
 framed once and offered to the streams of its owner; a deleted session or
-user ends the streams that belong to it. Each subscriber has a bounded queue:
-one that falls that far behind is disconnected (it resumes with
-``Last-Event-ID``) instead of growing the worker's memory.
+user ends the streams that belong to it. Offering never waits: each stream
+has a bounded mailbox, and one that falls that far behind is disconnected
+(it resumes with ``Last-Event-ID``) instead of growing the worker's memory.
 
 When the database goes away the hub retries, and resumes its change stream
 from the last position it saw, so nothing is lost or repeated. When that
@@ -21,9 +21,8 @@ import contextlib
 import contextvars
 import logging
 import math
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo.errors import PyMongoError
 from quart import Quart
@@ -31,6 +30,7 @@ from quart import Quart
 from ..errors import ApiError
 from ..stores import changes, sessions
 from . import sse
+from .alarms import Alarms
 from .changes import Ended, TodoEvent, route
 from .shutdown import wait_for_shutdown
 
@@ -49,63 +49,21 @@ UNAVAILABLE_RETRY_AFTER = "60"
 
 @dataclass(frozen=True)
 class Message:
-    """What a subscriber's queue holds: an event to send, or why to stop."""
+    """What a stream is offered: an event to send, a heartbeat, or why to stop."""
 
-    kind: str  # "event", "reset", or an ending: "revoked", "shutdown"
+    kind: str  # "event", "heartbeat", "reset", or an ending: "revoked", "shutdown", "expired"
     frame: bytes = b""
     position: sse.Position | None = None
 
 
-class Mailbox:
-    """A bounded queue with one reader: a deque, and a future while the reader waits.
+class Subscriber(Protocol):
+    """An open stream as the hub sees it (app/live/stream.py's EventStream)."""
 
-    ``asyncio.Queue`` keeps three deques and an Event (about 2.5 KiB); each
-    open stream has one of these, and a single reader needs none of that.
-    """
-
-    __slots__ = ("_items", "_size", "_waiter")
-
-    def __init__(self, size: int) -> None:
-        self._items: deque[Message] = deque()
-        self._size = size
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: Message) -> bool:
-        """Add ``item``; False (and nothing added) when the mailbox is full."""
-        if len(self._items) >= self._size:
-            return False
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        return True
-
-    async def get(self) -> Message:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-
-@dataclass(eq=False)
-class Subscriber:
     user_id: Any
     session_id: Any
-    queue: Mailbox
-    task: asyncio.Task[Any] | None = None  # the task writing the response
-    overflowed: bool = False
 
     def offer(self, message: Message) -> None:
-        """Queue ``message``; a full queue means a client that stopped reading: cut it."""
-        if self.overflowed:
-            return
-        if not self.queue.put_nowait(message):
-            self.overflowed = True
-            logger.info("event stream of user %s dropped: not reading", self.user_id)
-            if self.task is not None:
-                self.task.cancel()
+        """Take ``message`` without waiting; a stream that cannot keep up cuts itself."""
 
 
 def unavailable() -> ApiError:
@@ -121,7 +79,8 @@ def unavailable() -> ApiError:
 @dataclass(eq=False)
 class Hub:
     app: Quart
-    subscribers: dict[Any, set[Subscriber]] = field(default_factory=dict)
+    # A user's streams, at most EVENTS_MAX_STREAMS_PER_USER: a list is a quarter of a set's size.
+    subscribers: dict[Any, list[Subscriber]] = field(default_factory=dict)
     position: sse.Position | None = None  # of the last change seen
     resume_token: dict[str, Any] | None = None  # where the stream resumes after an outage
     stopping: bool = False
@@ -130,11 +89,12 @@ class Hub:
     _opened: asyncio.Future[None] | None = None
     _reset_pending: bool = False
     _recheck: asyncio.Task[None] | None = None
+    alarms: Alarms = field(default_factory=Alarms)  # the streams' heartbeats and expiries
 
     # -- subscribers -------------------------------------------------------
 
-    async def subscribe(self, user_id: Any, session_id: Any) -> Subscriber:
-        """Register a stream of ``user_id``; 429 past the per-user cap, 503 without streams."""
+    async def subscribe(self, subscriber: Subscriber) -> None:
+        """Register ``subscriber``; 429 past the per-user cap, 503 without change streams."""
         config = self.app.config
         if self.stopping:
             raise ApiError(
@@ -145,7 +105,8 @@ class Hub:
             )
         await self._start()
         # No await from the count to the registration: the cap holds under concurrency.
-        if len(self.subscribers.get(user_id, ())) >= config["EVENTS_MAX_STREAMS_PER_USER"]:
+        streams = self.subscribers.setdefault(subscriber.user_id, [])
+        if len(streams) >= config["EVENTS_MAX_STREAMS_PER_USER"]:
             raise ApiError(
                 429,
                 "rate_limited",
@@ -153,14 +114,13 @@ class Hub:
                 # As long as EventSource waits before reconnecting (``retry:``).
                 headers={"Retry-After": str(math.ceil(config["EVENTS_RETRY_MS"] / 1000))},
             )
-        subscriber = Subscriber(user_id, session_id, Mailbox(config["EVENTS_QUEUE_SIZE"]))
-        self.subscribers.setdefault(user_id, set()).add(subscriber)
-        return subscriber
+        streams.append(subscriber)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         streams = self.subscribers.get(subscriber.user_id)
         if streams is not None:
-            streams.discard(subscriber)
+            with contextlib.suppress(ValueError):  # unsubscribing twice is harmless
+                streams.remove(subscriber)
             if not streams:
                 del self.subscribers[subscriber.user_id]
 
@@ -294,6 +254,7 @@ class Hub:
     async def stop(self) -> None:
         """``after_serving``: end every stream, then the change stream."""
         self.shutdown()
+        self.alarms.stop()
         await asyncio.sleep(0)  # let the streams take their last message
         for task in (self._task, self._watcher):
             if task is not None:
