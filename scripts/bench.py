@@ -315,6 +315,12 @@ def main() -> int:
     parser.add_argument(
         "--setting", action="append", default=[], help="NAME=value for this API (repeatable)"
     )
+    parser.add_argument(
+        "--live-heartbeat",
+        type=int,
+        default=15,
+        help="EVENTS_HEARTBEAT_SECONDS in the live scenario (3600: idle CPU without heartbeats)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
     if args.quick:
@@ -336,7 +342,9 @@ def main() -> int:
 def bench_live_updates(args: argparse.Namespace) -> str:
     """The live scenario per driver; writes live.json, returns its table."""
     options = bench_live.LiveOptions(
-        write_seconds=5 if args.quick else 20, idle_seconds=4 if args.quick else 16
+        write_seconds=5 if args.quick else 20,
+        idle_seconds=4 if args.quick else 16,
+        heartbeat_seconds=args.live_heartbeat,
     )
     results = []
     for driver in args.drivers.split(","):
@@ -346,7 +354,8 @@ def bench_live_updates(args: argparse.Namespace) -> str:
     heading = (
         f"live: {options.streams} open event streams of {options.users} users over 2 workers, "
         f"{options.writes_per_second:.0f} todos created per second for "
-        f"{options.write_seconds:.0f} s, {os.cpu_count()} cores shared with the client"
+        f"{options.write_seconds:.0f} s, heartbeats every {options.heartbeat_seconds} s, "
+        f"{os.cpu_count()} cores shared with the client"
     )
     table = bench_live.markdown(results)
     print()
