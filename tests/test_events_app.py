@@ -7,12 +7,14 @@ Quart's test client so settings can be made small.
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 from quart import Quart
 
+from app.live.alarms import Alarms
 from config import ConfigError, load_settings
 from tests.conftest import Api
 
@@ -101,3 +103,34 @@ async def test_a_stream_that_left_is_unsubscribed_and_its_place_freed(app: Quart
         assert sum(len(streams) for streams in hub.subscribers.values()) == 1
         await connection.disconnect()
     assert hub.subscribers == {}
+
+
+async def test_alarms_wake_each_sleeper_at_its_second_even_one_added_earlier() -> None:
+    """One task serves every stream's heartbeat and expiry: an alarm added for an
+    earlier second than the one it sleeps for must wake it."""
+    loop = asyncio.get_running_loop()
+    woken: dict[str, float] = {}
+    early_done = asyncio.Event()
+
+    class Sleeper:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def wake(self) -> None:
+            woken[self.name] = loop.time()
+            if self.name == "early":
+                early_done.set()
+
+    alarms = Alarms()
+    now = math.floor(loop.time())
+    try:
+        alarms.at(now + 60, Sleeper("late"))
+        await asyncio.sleep(0.05)  # the task now sleeps until the late one's second
+        alarms.at(now + 2, Sleeper("early"))
+        alarms.at(now - 1, Sleeper("overdue"))
+        await asyncio.wait_for(early_done.wait(), timeout=10)
+    finally:
+        alarms.stop()
+    assert set(woken) == {"overdue", "early"}
+    assert woken["early"] >= now + 2  # never before its second
+    assert woken["overdue"] <= woken["early"]

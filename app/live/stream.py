@@ -87,7 +87,7 @@ class EventStream:
         self._hub = live_hub
         self._expires_at: datetime = caller.token_expires_at
         self._last_event_id = last_event_id
-        # Bounded by EVENTS_QUEUE_SIZE; a list, since a deque costs 600 bytes empty.
+        # Bounded by EVENTS_QUEUE_SIZE; a list, since an empty deque takes about 600 bytes.
         self._mailbox: list[Message] = []
         self._sent = _Sent(live_hub.position)
         self._send: ASGISendCallable | None = None
@@ -97,7 +97,7 @@ class EventStream:
         self._finished = False  # ended, cut or closed: nothing more is sent
         self._cut = False
 
-    # -- what the hub (and the timer) offer ---------------------------------
+    # -- what the hub (and the alarm) offer ---------------------------------
 
     def offer(self, message: Message) -> None:
         """Queue ``message``; a full mailbox means a client that stopped reading: cut it."""
