@@ -20,6 +20,7 @@ from . import cursors, idempotency
 from .clock import utcnow
 from .errors import ApiError
 from .models.todos import ListQuery, TodoCreate
+from .security import session_revoked
 from .stores import todos as store
 from .stores.todos import Todo
 
@@ -92,6 +93,8 @@ async def create(owner: ObjectId, data: TodoCreate, todo_id: ObjectId | None = N
             "quota_exceeded",
             f"You hold the maximum of {quota} todos; delete some to create more.",
         ) from None
+    except store.OwnerDeleted:  # the account was deleted while this request ran
+        raise session_revoked() from None
     return todo
 
 

@@ -28,8 +28,7 @@ from pymongo.errors import PyMongoError
 from quart import current_app
 
 from ..clock import utcnow
-from ..errors import unauthorized
-from ..security import CurrentUser
+from ..security import CurrentUser, session_revoked
 from ..stores import changes, sessions
 from . import sse
 from .changes import Ended, TodoEvent, route
@@ -55,7 +54,7 @@ async def open_stream(caller: CurrentUser, last_event_id: str | None) -> EventSt
         # A logout between the route's session check and the registration
         # would otherwise go unseen: the hub may have passed its delete.
         if await sessions.find_open(caller.session_id) is None:
-            raise unauthorized("token_revoked", "The session has ended; log in again.")
+            raise session_revoked()
     except BaseException:
         stream.close()
         raise

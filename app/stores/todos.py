@@ -7,6 +7,7 @@ contract wants. Writes that must not race are guarded by ``version``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,8 @@ from ..extensions import mongo
 Todo = dict[str, Any]
 
 DUPLICATE_KEY = 11000
+#: How long an account deletion waits for creates it has counted to land.
+IN_FLIGHT_SECONDS = 1.0
 
 #: Later than any accepted due date (the models refuse this last millisecond).
 NO_DUE_DATE = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
@@ -40,6 +43,10 @@ class QuotaExceeded(Exception):
     """The owner already holds as many todos as allowed."""
 
 
+class OwnerDeleted(Exception):
+    """The owner's account was deleted: nothing may be created for it any more."""
+
+
 def _counter_id(owner: ObjectId) -> str:
     """The owner's todo counter: a document in ``todos`` itself, with no ``owner``
     field, so no todo query ever matches it."""
@@ -47,19 +54,21 @@ def _counter_id(owner: ObjectId) -> str:
 
 
 async def insert(todo: Todo, quota: int) -> None:
-    """Insert ``todo`` unless its owner holds ``quota`` todos; one round trip.
+    """Insert ``todo`` unless its owner holds ``quota`` todos or is deleted.
 
     An ordered bulk write bumps the owner's counter, but only below the
-    quota: at the quota the filter misses, the upsert collides with the
-    existing counter's ``_id``, and the ordered write stops before the
-    insert. The first create makes the counter (count 1).
+    quota and while the counter is not closed (``delete_all_of``): otherwise
+    the filter misses, the upsert collides with the existing counter's
+    ``_id``, and the ordered write stops before the insert. The first create
+    makes the counter (count 1). The driver sends the update and the insert
+    as two commands, one after the other.
     """
     owner = todo["owner"]
     try:
         await _todos().bulk_write(
             [
                 UpdateOne(
-                    {"_id": _counter_id(owner), "count": {"$lt": quota}},
+                    {"_id": _counter_id(owner), "count": {"$lt": quota}, "closed": {"$ne": True}},
                     {"$inc": {"count": 1}},
                     upsert=True,
                 ),
@@ -70,6 +79,9 @@ async def insert(todo: Todo, quota: int) -> None:
     except BulkWriteError as error:
         failure = error.details["writeErrors"][0]
         if failure["index"] == 0 and failure["code"] == DUPLICATE_KEY:
+            counter = await _todos().find_one({"_id": _counter_id(owner)}, {"closed": 1})
+            if counter is not None and counter.get("closed"):
+                raise OwnerDeleted from None
             raise QuotaExceeded from None
         if failure["code"] == DUPLICATE_KEY:  # the todo's _id exists: give the count back
             await _count(owner, -1)
@@ -117,10 +129,29 @@ async def delete_completed(owner: ObjectId) -> int:
 
 
 async def delete_all_of(owner: ObjectId) -> int:
-    """Delete every todo of ``owner``; return how many went."""
-    result = await _todos().delete_many({"owner": owner})
-    await _todos().delete_one({"_id": _counter_id(owner)})
-    return int(result.deleted_count)
+    """Delete every todo of a deleted ``owner``, for good; return how many went.
+
+    A create may have passed its session check before the account's
+    sessions closed. Closing the counter refuses every such create that has
+    not bumped it yet; one that has is counted in it, and its insert may
+    still be on its way: the todos are deleted until as many as counted have
+    gone (for up to IN_FLIGHT_SECONDS; todos stored before counting began are
+    deleted too, and a count the todos never reach only costs the wait).
+    The closed counter stays: one document holding the account's id.
+    """
+    await _todos().update_one({"_id": _counter_id(owner)}, {"$set": {"closed": True}}, upsert=True)
+    # Read after closing, not as find_one_and_update's pre-image: on SecantusDB
+    # that image could miss bumps applied just before (the test then failed).
+    counter = await _todos().find_one({"_id": _counter_id(owner)})
+    counted: int = counter.get("count", 0) if counter is not None else 0
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + IN_FLIGHT_SECONDS
+    deleted = 0
+    while True:
+        deleted += int((await _todos().delete_many({"owner": owner})).deleted_count)
+        if deleted >= counted or loop.time() >= give_up_at:
+            return deleted
+        await asyncio.sleep(0.01)
 
 
 def list_pipeline(
