@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, InsertOne, UpdateOne
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ..db import aggregate
@@ -54,25 +54,28 @@ def _counter_id(owner: ObjectId) -> str:
 
 
 async def insert(todo: Todo, quota: int) -> None:
-    """Insert ``todo`` unless its owner holds ``quota`` todos or is deleted.
+    """Insert ``todo`` unless its owner holds ``quota`` todos or is deleted; one command.
 
     An ordered bulk write bumps the owner's counter, but only below the
     quota and while the counter is not closed (``delete_all_of``): otherwise
     the filter misses, the upsert collides with the existing counter's
-    ``_id``, and the ordered write stops before the insert. The first create
-    makes the counter (count 1). The driver sends the update and the insert
-    as two commands, one after the other.
+    ``_id``, and the ordered write stops before the todo. The first create
+    makes the counter (count 1). The todo goes in as an upsert that only
+    sets on insert, so both are updates and the driver sends them as one
+    command (an insert would be a second one); the change stream still sees
+    an ``insert``.
     """
     owner = todo["owner"]
+    fields = {key: value for key, value in todo.items() if key != "_id"}
     try:
-        await _todos().bulk_write(
+        result = await _todos().bulk_write(
             [
                 UpdateOne(
                     {"_id": _counter_id(owner), "count": {"$lt": quota}, "closed": {"$ne": True}},
                     {"$inc": {"count": 1}},
                     upsert=True,
                 ),
-                InsertOne(todo),
+                UpdateOne({"_id": todo["_id"]}, {"$setOnInsert": fields}, upsert=True),
             ],
             ordered=True,
         )
@@ -83,10 +86,13 @@ async def insert(todo: Todo, quota: int) -> None:
             if counter is not None and counter.get("closed"):
                 raise OwnerDeleted from None
             raise QuotaExceeded from None
-        if failure["code"] == DUPLICATE_KEY:  # the todo's _id exists: give the count back
+        if failure["code"] == DUPLICATE_KEY:  # two upserts of one _id raced
             await _count(owner, -1)
             raise DuplicateKeyError(failure.get("errmsg", "duplicate key")) from None
         raise
+    if 1 not in result.upserted_ids:  # the todo's _id exists: give the count back
+        await _count(owner, -1)
+        raise DuplicateKeyError(f"a todo with _id {todo['_id']} exists")
 
 
 async def _count(owner: ObjectId, change: int) -> None:
