@@ -49,7 +49,7 @@ chaos: $(BIN)/.installed
 	MONGO_DRIVER=pymongo $(BIN)/pytest -q -m chaos tests/chaos
 
 ## bench: wrk against this API, the Flask+PyMongo peer and a bare Quart floor, then 1,000 open
-## event streams (live); BENCH_ARGS=--quick for ~4 minutes, BENCH_ARGS="--scenarios live" for live alone
+## event streams (live); BENCH_ARGS=--quick for ~3 minutes, BENCH_ARGS="--scenarios live" for live alone
 bench: $(BIN)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)

@@ -20,7 +20,7 @@ The ``live`` scenario then starts this API alone, once per driver, and holds
 the peer has no live updates to compare with.
 
     python -m scripts.bench            # 5 s per run, 3 repeats (about 10 minutes)
-    python -m scripts.bench --quick    # 2 s per run, one pass (about 4 minutes)
+    python -m scripts.bench --quick    # 2 s per run, one pass (about 3 minutes)
     python -m scripts.bench --scenarios live
 """
 
