@@ -26,7 +26,7 @@ class Alarms:
         self._buckets: dict[int, list[Sleeper]] = {}
         self._seconds: list[int] = []  # a heap of the buckets' seconds
         self._task: asyncio.Task[None] | None = None
-        self._changed: asyncio.Event | None = None
+        self._changed = asyncio.Event()  # an earlier second was added
 
     def at(self, second: int, sleeper: Sleeper) -> None:
         """Wake ``sleeper`` once, at loop time ``second`` (or at once if that has passed)."""
@@ -36,16 +36,13 @@ class Alarms:
             heapq.heappush(self._seconds, second)
         bucket.append(sleeper)
         if self._task is None or self._task.done():
-            self._changed = asyncio.Event()
             # The worker's task, not the request's that happens to start it.
             self._task = asyncio.create_task(self._run(), context=contextvars.Context())
         elif self._seconds[0] == second:
-            assert self._changed is not None
             self._changed.set()  # earlier than what the task sleeps for
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self._changed is not None
         while self._seconds:
             delay = self._seconds[0] - loop.time()
             if delay > 0:

@@ -234,10 +234,15 @@ class Hub:
                 if getattr(subscriber, routed.field) == routed.value:
                     subscriber.offer(Message("revoked"))
 
+    def reset_frame(self) -> bytes:
+        """A ``reset`` event whose id is where the worker's change stream now stands."""
+        position = self.position
+        return sse.event("reset", {}, position.event_id if position is not None else None)
+
     def _reset(self, token: dict[str, Any] | None) -> None:
         """Tell every stream to refetch; then re-check the sessions behind them."""
         self.position = sse.Position(sse.ORIGIN, token) if token is not None else None
-        frame = sse.event("reset", {}, self.position.event_id if self.position else None)
+        frame = self.reset_frame()
         for subscriber in self._everyone():
             subscriber.offer(Message("reset", frame))
         self._recheck = asyncio.create_task(self._revoke_closed_sessions())

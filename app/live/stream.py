@@ -227,7 +227,7 @@ class EventStream:
         """Every change of the caller after ``last_event_id`` up to now, or one ``reset``."""
         position = sse.parse_event_id(last_event_id)
         if position is None:
-            await self._write(self._reset_frame())
+            await self._write(self._hub.reset_frame())
             return
         self._sent.last = position
         try:
@@ -236,7 +236,7 @@ class EventStream:
         except PyMongoError as error:  # opening or reading: the position may be gone
             if not changes.cannot_resume(error):
                 raise
-            await self._write(self._reset_frame())
+            await self._write(self._hub.reset_frame())
             self._sent.last = None
 
     async def _write_changes_since(self, position: sse.Position) -> None:
@@ -266,10 +266,6 @@ class EventStream:
             self._sent.last = position
             return self._sent.frame_for(Message("revoked"))
         return None
-
-    def _reset_frame(self) -> bytes:
-        position = self._hub.position
-        return sse.event("reset", {}, position.event_id if position is not None else None)
 
 
 class _Sent:
