@@ -75,12 +75,12 @@ class BaseConfig:
     MONGO_URI: str | None = None
     MONGO_DB = "todos"
     # PyMongo's AsyncMongoClient (Motor's successor) or "motor": `make bench`
-    # measured PyMongo's as fast or faster, with less CPU per request (README).
+    # measured PyMongo's as fast or faster, with less CPU per request (docs/performance.md).
     MONGO_DRIVER = "pymongo"
     MONGO_SERVER_SELECTION_TIMEOUT_MS = 2000
     MONGO_OPERATION_TIMEOUT_MS = 2500
     EMBEDDED_DB_PATH = ""  # default: <instance>/secantus-data
-    # Safe retries (issue 11): one database budget per request, and how long an
+    # Safe retries: one database budget per request, and how long an
     # Idempotency-Key is remembered.
     REQUEST_DEADLINE_MS = 2500  # all of a request's database work; then 503
     IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600

@@ -8,7 +8,7 @@ Starts the real server (hypercorn, a fresh embedded database), takes its
 (b) openapi-typescript (default options) generates types; ``clients/contact.ts``
     and real bodies from the server compile with ``tsc --noEmit --strict``.
 (c) Redocly CLI lints the document with its recommended rules: no error, and no
-    warning beyond those the README explains (``EXPLAINED_WARNINGS``).
+    warning beyond those docs/clients.md explains (``EXPLAINED_WARNINGS``).
 
 The Node tools are pinned in ``clients/package-lock.json`` and installed with
 ``npm ci`` into ``clients/node_modules``; nothing else is fetched.
@@ -31,7 +31,7 @@ CLIENTS = ROOT / "clients"
 NODE_BIN = CLIENTS / "node_modules" / ".bin"
 VENV_BIN = Path(sys.executable).parent
 PACKAGE = "todo_api_client"
-#: Redocly's recommended-rule warnings the document keeps, each explained in the README.
+#: Redocly's recommended-rule warnings the document keeps, each explained in docs/clients.md.
 EXPLAINED_WARNINGS = {
     ("operation-4xx-response", "#/paths/~1/get/responses"),
     ("operation-4xx-response", "#/paths/~1healthz/get/responses"),

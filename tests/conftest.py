@@ -20,6 +20,8 @@ from app.embedded_db import EmbeddedDatabase
 from app.extensions import mongo
 
 PASSWORD = "correct horse battery"
+#: The driver the tests run on: ``MONGO_DRIVER``, as ``make test`` sets it for each pass.
+DRIVER = os.environ.get("MONGO_DRIVER", "motor")
 #: Todo documents only: the collection also holds one quota counter per owner.
 TODO_DOCS = {"owner": {"$exists": True}}
 
@@ -44,7 +46,7 @@ def settings(database_uri: str, request: pytest.FixtureRequest) -> dict[str, Any
         "APP_ENV": "testing",
         "MONGO_URI": database_uri,
         "MONGO_DB": f"test_{uuid.uuid4().hex[:16]}",
-        "MONGO_DRIVER": os.environ.get("MONGO_DRIVER", "motor"),
+        "MONGO_DRIVER": DRIVER,
         **(marker.kwargs if marker else {}),
     }
 

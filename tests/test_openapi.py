@@ -278,10 +278,10 @@ async def test_the_index_is_documented_without_a_database_error(spec: Spec) -> N
     assert set(index["responses"]) == {"200", "500"}  # no database, so no 503
 
 
-def test_the_readme_explains_every_redocly_warning_make_clients_accepts() -> None:
-    """`make clients` fails on any other warning; each accepted one is explained in the README."""
-    readme = (ROOT / "README.md").read_text()
-    explanation = readme[readme.index("Redocly's remaining warnings") :][:1200]
+def test_the_docs_explain_every_redocly_warning_make_clients_accepts() -> None:
+    """`make clients` fails on any other warning; each accepted one is explained in the docs."""
+    page = (ROOT / "docs" / "clients.md").read_text()
+    explanation = page[page.index("Redocly's remaining warnings") :][:1200]
     for rule, pointer in EXPLAINED_WARNINGS:
         path = pointer.split("/")[2].replace("~1", "/")
         method = pointer.split("/")[3].upper()

@@ -23,7 +23,7 @@ tag_blueprint(blueprint, ["events"])
 @request_headers("Last-Event-ID")
 @problems(429)
 async def events(query_args: EventsQuery) -> Response:
-    """Stream the caller's todo changes (Server-Sent Events); see the README's Events section."""
+    """Stream the caller's todo changes (Server-Sent Events); see docs/live-updates.md."""
     opened = await stream.open_stream(current_user(), request.headers.get("Last-Event-ID"))
     response = handoff.hand_off(opened)  # the body is written outside Quart
     response.headers["Cache-Control"] = "no-store"
