@@ -2,9 +2,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# make run: HOST, PORT and WORKERS, or hypercorn's own BIND (host:port) and WEB_CONCURRENCY,
+# which win when set (make run PORT=8124, BIND=127.0.0.1:8124 make run).
 HOST ?= 127.0.0.1
 PORT ?= 8000
-WORKERS ?= 1
+BIND ?= $(HOST):$(PORT)
+WEB_CONCURRENCY ?= 2
+WORKERS ?= $(WEB_CONCURRENCY)
 
 .PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench clean
 
@@ -14,9 +18,9 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-## run: serve the API on http://$(HOST):$(PORT) on the embedded database
+## run: serve the API on http://$(BIND) on the embedded database, $(WORKERS) workers
 run: $(BIN)/.installed
-	$(BIN)/hypercorn --config file:hypercorn_conf.py --bind $(HOST):$(PORT) --workers $(WORKERS) asgi:app
+	BIND='$(BIND)' WEB_CONCURRENCY='$(WORKERS)' $(BIN)/hypercorn --config file:hypercorn_conf.py asgi:app
 
 ## test: the whole suite on both drivers (Motor, then PyMongo's AsyncMongoClient)
 test: test-motor test-pymongo

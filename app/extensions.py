@@ -18,7 +18,8 @@ API_INFO = {
     "title": "Todo API",
     "version": "1.0.0",
     "description": "Todos with user accounts. Errors are RFC 9457 problem details.",
-    "license": {"name": "Proprietary", "identifier": "LicenseRef-Proprietary"},
+    # The LICENSE file at the repository's root.
+    "license": {"name": "MIT", "identifier": "MIT"},
 }
 
 mongo = Mongo()

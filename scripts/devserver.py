@@ -28,13 +28,24 @@ class ServerProcess(subprocess.Popen[bytes]):
     """A hypercorn process whose output goes to a file, never to a pipe.
 
     A pipe nobody drains fills up after 64 KiB of log lines, and then every
-    worker blocks on its next log write; a file never does.
+    worker blocks on its next log write; a file never does. With
+    ``own_group`` it leads a process group of its own, so that everything it
+    starts can be signalled at once (``os.killpg(process.pid, ...)``).
     """
 
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, command: list[str], env: dict[str, str], log_path: Path, own_group: bool = False
+    ) -> None:
         self.log_path = log_path
         with log_path.open("ab") as log:
-            super().__init__(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            super().__init__(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=own_group,
+            )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

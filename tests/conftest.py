@@ -18,10 +18,12 @@ from quart.typing import TestClientProtocol
 from app import create_app
 from app.embedded_db import EmbeddedDatabase
 from app.extensions import mongo
+from config import BaseConfig
 
 PASSWORD = "correct horse battery"
-#: The driver the tests run on: ``MONGO_DRIVER``, as ``make test`` sets it for each pass.
-DRIVER = os.environ.get("MONGO_DRIVER", "motor")
+#: The driver the tests run on: ``MONGO_DRIVER`` (``make test`` sets it for each pass),
+#: else the service's own default, so a plain ``pytest`` tests what ``make run`` serves.
+DRIVER = os.environ.get("MONGO_DRIVER", BaseConfig.MONGO_DRIVER)
 #: Todo documents only: the collection also holds one quota counter per owner.
 TODO_DOCS = {"owner": {"$exists": True}}
 

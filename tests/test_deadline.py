@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import time
 
@@ -20,6 +19,7 @@ from quart import Quart
 
 from app.extensions import mongo
 from scripts.devserver import call, serving
+from tests.conftest import DRIVER
 
 pytestmark = pytest.mark.settings(REQUEST_DEADLINE_MS=1000, MONGO_OPERATION_TIMEOUT_MS=30000)
 
@@ -72,7 +72,7 @@ def test_a_slow_upload_does_not_spend_the_budget() -> None:
     credentials = {"username": "slowpoke", "password": "long enough pw"}
     settings = {
         "REQUEST_DEADLINE_MS": "500",
-        "MONGO_DRIVER": os.environ.get("MONGO_DRIVER", "motor"),
+        "MONGO_DRIVER": DRIVER,
     }
     with serving(settings, workers=1) as port:
         assert call(port, "POST", "/api/v1/auth/register", credentials)[0] == 201

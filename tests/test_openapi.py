@@ -169,7 +169,8 @@ async def test_problem_errors_is_optional_and_never_null(spec: Spec, api: Api) -
 
 async def test_servers_license_and_tags_are_declared(spec: Spec) -> None:
     assert spec["servers"] == [{"url": "/", "description": "The server that served this document"}]
-    assert spec["info"]["license"]["name"]
+    assert spec["info"]["license"] == {"name": "MIT", "identifier": "MIT"}
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     used = {tag for _, _, op in operations(spec) for tag in op.get("tags", [])}
     declared = {tag["name"]: tag for tag in spec["tags"]}
     assert used == set(declared) and all(tag["description"] for tag in declared.values())
@@ -251,7 +252,9 @@ async def test_every_header_a_response_sends_is_declared(spec: Spec, api: Api) -
         assert declared <= {name.lower() for name in HEADERS}
 
 
-async def test_the_index_links_to_the_docs_document_and_probes(client: TestClientProtocol) -> None:
+async def test_the_index_links_to_the_docs_probes_and_api(
+    client: TestClientProtocol, spec: Spec
+) -> None:
     response = await client.get("/")
     assert response.status_code == 200
     assert response.mimetype == "application/json"
@@ -264,10 +267,18 @@ async def test_the_index_links_to_the_docs_document_and_probes(client: TestClien
             "openapi": "/openapi.json",
             "health": "/healthz",
             "ready": "/readyz",
+            "api": "/api/v1",
+            "todos": "/api/v1/todos",
+            "events": "/api/v1/todos/events",
         },
     }
-    for link in body["links"].values():
-        assert (await client.get(link)).status_code == 200, link
+    links = body["links"]
+    for name in ("docs", "openapi", "health", "ready"):
+        assert (await client.get(links[name])).status_code == 200, name
+    for name in ("todos", "events"):
+        assert links[name] in spec["paths"], name
+    assert all(path.startswith(links["api"] + "/") for path in spec["paths"] if "/api" in path)
+    assert (await client.get(links["todos"])).status_code == 401  # there, behind a token
 
 
 async def test_the_index_is_documented_without_a_database_error(spec: Spec) -> None:

@@ -10,12 +10,15 @@ from ..models.index import Index
 
 blueprint = Blueprint("index", __name__)
 
+#: Every route of the API is below this path (the blueprints' prefixes in ``create_app``).
+API_BASE = "/api/v1"
+
 
 @blueprint.get("/")
 @tag(["meta"])
 @document_response(Index, 200)
 async def index() -> dict[str, object]:
-    """Where to start: the explorer, the OpenAPI document and the probes."""
+    """Where to start: the explorer, the OpenAPI document, the probes and the API."""
     return {
         "name": API_INFO["title"],
         "version": API_INFO["version"],
@@ -24,5 +27,8 @@ async def index() -> dict[str, object]:
             "openapi": url_for("openapi"),
             "health": url_for("health.healthz"),
             "ready": url_for("health.readyz"),
+            "api": API_BASE,
+            "todos": url_for("todos.list_todos"),
+            "events": url_for("events.events"),
         },
     }
