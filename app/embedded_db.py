@@ -9,6 +9,8 @@ test session starts it, and stops it when they end.
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -22,6 +24,16 @@ from pathlib import Path
 SERVER_PROGRAM = "secantusd-py"
 STOP_GRACE_SECONDS = 5.0
 START_TIMEOUT_SECONDS = 30.0
+#: The file the storage engine (WiredTiger) locks while a server uses the folder.
+LOCK_FILE = "WiredTiger.lock"
+
+
+class DataFolderInUse(RuntimeError):
+    """Another server holds the data folder: a second one cannot open it."""
+
+    def __init__(self, storage_path: str) -> None:
+        super().__init__(f"another server is using the data folder {storage_path}")
+        self.storage_path = storage_path
 
 
 def free_port() -> int:
@@ -30,6 +42,21 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def held_by_another_process(folder: Path) -> bool:
+    """Whether another process holds the storage engine's lock on ``folder``."""
+    try:
+        with (folder / LOCK_FILE).open("rb+") as lock:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(lock, fcntl.LOCK_UN)
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EAGAIN):
+            return True
+        raise
+    return False
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -44,11 +71,16 @@ class EmbeddedDatabase:
     """Start, wait for and stop one SecantusDB server."""
 
     def __init__(
-        self, storage_path: str, port: int | None = None, options: Sequence[str] = ()
+        self,
+        storage_path: str,
+        port: int | None = None,
+        options: Sequence[str] = (),
+        log_path: Path | None = None,
     ) -> None:
         self.storage_path = storage_path
         self.port = port or free_port()
         self.options = list(options)  # extra command-line flags, e.g. ["--standalone"]
+        self.log_path = log_path  # where the server's own output goes; None: our stdout/stderr
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,6 +93,7 @@ class EmbeddedDatabase:
         program = shutil.which(SERVER_PROGRAM) or str(Path(sys.executable).parent / SERVER_PROGRAM)
         if self.storage_path != ":memory:":
             Path(self.storage_path).mkdir(parents=True, exist_ok=True)
+        output = self.log_path.open("ab") if self.log_path else None
         self.process = subprocess.Popen(
             [
                 program,
@@ -75,8 +108,12 @@ class EmbeddedDatabase:
                 *self.options,
             ],
             stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
             preexec_fn=_die_with_parent,
         )
+        if output is not None:
+            output.close()  # the server has its own copy
         self._wait_until_listening()
         return self.uri
 
@@ -85,9 +122,13 @@ class EmbeddedDatabase:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if self.storage_path != ":memory:" and held_by_another_process(
+                    Path(self.storage_path)
+                ):
+                    raise DataFolderInUse(self.storage_path)
+                where = f"; its output is in {self.log_path}" if self.log_path else ""
                 raise RuntimeError(
-                    f"{SERVER_PROGRAM} exited with status {self.process.returncode} "
-                    f"(is another server using {self.storage_path}?)"
+                    f"{SERVER_PROGRAM} exited with status {self.process.returncode}{where}"
                 )
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()

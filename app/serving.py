@@ -4,44 +4,126 @@ Hypercorn loses its workers' exit status (it exits 0 even when a worker fails
 to import the app), so a refusal must happen here, in the master, where a
 non-zero exit reaches the container runtime. The embedded database is also
 started here, once, so that every worker shares one server.
+
+A start-up failure the master meets is one log line on stderr naming the
+cause and the fix, and an exit status of its own; never a traceback:
+
+- ``EXIT_ADDRESS_IN_USE`` (69): another program listens on the address to serve on;
+- ``EXIT_DATA_FOLDER_IN_USE`` (75): another server uses the embedded database's folder;
+- ``EXIT_CONFIG_REFUSED`` (78): a setting is missing or unsafe.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import NoReturn
 
 from config import ConfigError, check_production_settings, load_settings
 
-from .embedded_db import EmbeddedDatabase
+from .embedded_db import DataFolderInUse, EmbeddedDatabase
 from .logs import build_handler
 
 logger = logging.getLogger("app.serving")
 
-EXIT_CONFIG_REFUSED = 78  # EX_CONFIG from sysexits.h
+# Status codes from sysexits.h, one per cause, so that scripts can tell them apart.
+EXIT_ADDRESS_IN_USE = 69  # EX_UNAVAILABLE
+EXIT_DATA_FOLDER_IN_USE = 75  # EX_TEMPFAIL: it works once the other server has stopped
+EXIT_CONFIG_REFUSED = 78  # EX_CONFIG
+
+ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None], object]
 
 
 def prepare_to_serve() -> None:
-    """Refuse unsafe settings (exit 78), then start the embedded database if needed."""
+    """Refuse unsafe settings, start the embedded database if needed, report a busy address."""
     log_format = "json" if os.environ.get("APP_ENV") == "production" else "text"
-    logger.handlers[:] = [build_handler(log_format)]
+    handler = build_handler(log_format)
+    handler.setStream(sys.stderr)  # beside hypercorn's own lines, away from the access log
+    logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
         settings = load_settings()
         check_production_settings(settings)
     except ConfigError as error:
-        logger.critical("refusing to start: %s", error)
-        sys.exit(EXIT_CONFIG_REFUSED)
-    if settings["MONGO_URI"]:
-        return
-    database = EmbeddedDatabase(settings["EMBEDDED_DB_PATH"])
-    os.environ["MONGO_URI"] = database.start()
+        fail(
+            EXIT_CONFIG_REFUSED,
+            f"refusing to start: {error}. Set it in the environment or in "
+            "instance/config.py (docs/configuration.md lists every setting).",
+        )
+    database = None
+    if not settings["MONGO_URI"]:
+        database = start_embedded_database(settings["EMBEDDED_DB_PATH"])
+    sys.excepthook = report_address_in_use(sys.excepthook, database)
+
+
+def fail(status: int, message: str) -> NoReturn:
+    """One critical line, then exit with ``status`` (atexit handlers run)."""
+    logger.critical(message)
+    sys.exit(status)
+
+
+def start_embedded_database(storage_path: str) -> EmbeddedDatabase:
+    """Start SecantusDB on ``storage_path``; it stops when the master exits."""
+    database = EmbeddedDatabase(storage_path, log_path=Path(f"{storage_path}.log"))
+    try:
+        os.environ["MONGO_URI"] = database.start()
+    except DataFolderInUse:
+        fail(
+            EXIT_DATA_FOLDER_IN_USE,
+            f"cannot start: another server is using the data folder {storage_path} "
+            "(is make run already running?). Stop that server, or give this one a "
+            "folder of its own with EMBEDDED_DB_PATH.",
+        )
     atexit.register(database.stop)
     logger.info(
-        "embedded database (SecantusDB) on port %d, data in %s",
+        "embedded database (SecantusDB) on port %d, data in %s, its log in %s",
         database.port,
-        settings["EMBEDDED_DB_PATH"],
+        storage_path,
+        database.log_path,
     )
+    return database
+
+
+def report_address_in_use(previous: ExceptHook, database: EmbeddedDatabase | None) -> ExceptHook:
+    """An except hook that turns hypercorn's failure to bind into one line and its own status.
+
+    Hypercorn's master binds the listening sockets after this file has run, so
+    a busy address reaches the top of the process as an ``OSError``; anything
+    else goes to the hook that was there before.
+    """
+
+    def hook(
+        kind: type[BaseException], error: BaseException, trace: TracebackType | None
+    ) -> object:
+        if not (isinstance(error, OSError) and error.errno == errno.EADDRINUSE):
+            return previous(kind, error, trace)
+        logger.critical(
+            "cannot start: %s is already in use by another program. Stop it, or serve on "
+            "another port: make run PORT=8124, or BIND=127.0.0.1:8124 for hypercorn.",
+            _failed_address(trace),
+        )
+        if database is not None:
+            database.stop()
+        logging.shutdown()
+        sys.stdout.flush()
+        # An except hook cannot choose the exit status; the database is stopped already.
+        os._exit(EXIT_ADDRESS_IN_USE)
+
+    return hook
+
+
+def _failed_address(trace: TracebackType | None) -> str:
+    """``host:port`` hypercorn was binding when it failed, from its frame; else "the address"."""
+    for frame, _ in reversed(list(traceback.walk_tb(trace))):
+        binding = frame.f_locals.get("binding")
+        if isinstance(binding, tuple) and len(binding) >= 2:
+            return f"{binding[0]}:{binding[1]}"
+    return "the address to serve on"

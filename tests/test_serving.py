@@ -1,9 +1,15 @@
-"""Starting the server as a user does: ``make run`` and its variables."""
+"""Starting the server as a user does: ``make run`` and its variables, and failures to start.
+
+A start-up failure is one line naming the cause and the fix, with an exit
+status of its own and no traceback; each is provoked with the real command.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from app.embedded_db import free_port
+from app.embedded_db import EmbeddedDatabase, free_port, held_by_another_process
+from app.serving import EXIT_ADDRESS_IN_USE, EXIT_CONFIG_REFUSED, EXIT_DATA_FOLDER_IN_USE
 from config import BaseConfig
-from scripts.devserver import ROOT, ServerProcess, call, wait_ready
+from scripts.devserver import HYPERCORN, ROOT, ServerProcess, call, wait_ready
 from tests.conftest import DRIVER
 
 pytestmark = pytest.mark.slow
@@ -97,3 +104,70 @@ def test_a_plain_pytest_runs_on_the_services_default_driver() -> None:
         check=True,
     ).stdout
     assert printed.strip() == BaseConfig.MONGO_DRIVER == "pymongo"
+
+
+def start_and_fail(env: dict[str, str]) -> tuple[int, str, str]:
+    """The container's command with ``env``; (status, the one line on stderr, all output)."""
+    result = subprocess.run(
+        [HYPERCORN, "--config", "file:hypercorn_conf.py", "asgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output and "Running on" not in output, output
+    failures = [line for line in result.stderr.splitlines() if "CRITICAL" in line]
+    assert len(failures) == 1, output
+    return result.returncode, failures[0], output
+
+
+def development(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Development settings on an embedded database in ``tmp_path`` (no instance folder used)."""
+    env = {k: v for k, v in os.environ.items() if k not in (*SERVING_VARIABLES, "MONGO_URI")}
+    return {
+        **env,
+        "APP_ENV": "development",
+        "JWT_SECRET_KEY": "a-development-secret-for-this-test-0123456789",
+        "EMBEDDED_DB_PATH": str(tmp_path / "data"),
+        "BIND": f"127.0.0.1:{free_port()}",
+        **extra,
+    }
+
+
+def test_a_busy_port_is_one_line_and_its_own_status(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.socket() as other_program:
+        other_program.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other_program.bind(("127.0.0.1", port))
+        other_program.listen()
+        status, line, _ = start_and_fail(development(tmp_path, BIND=f"127.0.0.1:{port}"))
+    assert status == EXIT_ADDRESS_IN_USE
+    assert f"127.0.0.1:{port} is already in use" in line
+    assert "make run PORT=" in line and "BIND=" in line  # the fix
+    # The embedded database the master had started is stopped, not orphaned.
+    assert not held_by_another_process(tmp_path / "data")
+
+
+def test_a_data_folder_in_use_is_one_line_and_its_own_status(tmp_path: Path) -> None:
+    other_server = EmbeddedDatabase(str(tmp_path / "data"))
+    other_server.start()
+    try:
+        status, line, _ = start_and_fail(development(tmp_path))
+    finally:
+        other_server.stop()
+    assert status == EXIT_DATA_FOLDER_IN_USE
+    assert f"another server is using the data folder {tmp_path / 'data'}" in line
+    assert "EMBEDDED_DB_PATH" in line  # the fix
+
+
+def test_a_refused_setting_is_one_line_and_its_own_status() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (*SERVING_VARIABLES, "MONGO_URI")}
+    env.update(APP_ENV="production", JWT_SECRET_KEY="x" * 8)
+    status, line, output = start_and_fail(env)
+    assert status == EXIT_CONFIG_REFUSED
+    assert json.loads(line)["message"].startswith("refusing to start: MONGO_URI is required")
+    assert "Set it in the environment or in instance/config.py" in line  # the fix
+    assert output.strip() == line
