@@ -127,27 +127,69 @@ PROBLEM_HEADERS = {
     429: ["Retry-After"],
     503: ["Retry-After"],
 }
-PROBLEM_DESCRIPTIONS = {
-    400: "Malformed JSON or invalid UTF-8 (`malformed_json`).",
-    401: "Missing, invalid, expired or revoked token, or wrong credentials.",
-    404: "No such resource (`not_found`).",
-    409: (
-        "Conflict: the username is taken (`username_taken`), "
-        "the todo quota is reached (`quota_exceeded`), or the first request with "
-        "this Idempotency-Key is still running (`idempotency_key_in_progress`, see Retry-After)."
+#: Every problem ``code`` the API answers with: its status and when. The document
+#: carries the list (``x-problem-codes``) and each error status's response names
+#: its codes; docs/api.md explains each one (tests/test_api_reference.py keeps
+#: the code, the document and the page in step).
+PROBLEM_CODES: dict[str, tuple[int, str]] = {
+    "malformed_json": (400, "The body is not valid JSON, or not valid UTF-8."),
+    "token_missing": (401, "No `Authorization: Bearer <token>` header."),
+    "token_invalid": (
+        401,
+        "The token is unreadable, tampered with, or signed with another key or algorithm; "
+        "or the event-stream ticket is unknown, used or expired.",
     ),
-    412: "If-Match did not match the current version (`version_conflict`); ETag is the current.",
-    413: "Body larger than 64 KiB (`payload_too_large`).",
-    415: "Body is not `application/json` (`unsupported_media_type`).",
-    422: "Well-formed but invalid input (`validation_failed`), see `errors`; or an "
-    "Idempotency-Key used before with another body (`idempotency_key_reused`).",
-    429: "Rate limited (`rate_limited`), see Retry-After.",
-    500: "Unexpected error (`internal_error`).",
-    503: (
-        "Database unavailable (`service_unavailable`); on the event stream also "
-        "`live_updates_unavailable`: the database has no change streams (not a replica set)."
+    "token_expired": (401, "The token is past its expiry: refresh the access token."),
+    "token_wrong_type": (401, "A refresh token where an access token belongs, or the reverse."),
+    "token_revoked": (
+        401,
+        "The session has ended: logout, password change, refresh-token reuse, deleted account.",
+    ),
+    "invalid_credentials": (401, "Wrong username or password (one answer for both)."),
+    "not_found": (
+        404,
+        "No such route, or no such todo of the caller (another user's and a malformed id alike).",
+    ),
+    "method_not_allowed": (405, "The path does not take this method; `Allow` lists those it does."),
+    "username_taken": (409, "The username exists, in any case."),
+    "quota_exceeded": (409, "The caller already holds as many todos as allowed."),
+    "idempotency_key_in_progress": (
+        409,
+        "The first request with this Idempotency-Key may still be running; retry after "
+        "`Retry-After`.",
+    ),
+    "version_conflict": (
+        412,
+        "If-Match names no current version of the todo (or no quoted tag); `ETag` is the current.",
+    ),
+    "payload_too_large": (413, "The body is larger than the limit (64 KiB by default)."),
+    "unsupported_media_type": (415, "A non-empty body that is not `application/json`."),
+    "validation_failed": (422, "Well-formed but invalid input; `errors` says where and why."),
+    "idempotency_key_reused": (
+        422,
+        "This Idempotency-Key was used before with another body.",
+    ),
+    "rate_limited": (429, "Too many attempts or open event streams; retry after `Retry-After`."),
+    "internal_error": (500, "An unexpected error; it is logged with the request id."),
+    "service_unavailable": (
+        503,
+        "The database is unreachable, or the request's database time ran out; retry after "
+        "`Retry-After`.",
+    ),
+    "live_updates_unavailable": (
+        503,
+        "The event stream needs a database with change streams (a replica set).",
     ),
 }
+#: The error statuses operations document, each a named response listing its codes.
+PROBLEM_STATUSES = sorted({status for status, _ in PROBLEM_CODES.values()} - {405})
+
+
+def _problem_description(status: int) -> str:
+    codes = [f"`{code}`: {when}" for code, (of, when) in PROBLEM_CODES.items() if of == status]
+    return f"{HTTPStatus(status).phrase}. " + " ".join(codes)
+
+
 EVENT_STREAM_ATTRIBUTE = "_api_event_stream"
 EVENT_STREAM_TYPE = "text/event-stream"
 #: Each event of the live stream and the named schema of its ``data:`` JSON.
@@ -286,15 +328,19 @@ class ApiOpenAPIProvider(OpenAPIProvider):
         components["schemas"].update(components["schemas"]["Problem"].pop("$defs", {}))
         components["schemas"].update(_stream_schemas())
         components["headers"] = HEADERS
+        spec["x-problem-codes"] = {
+            code: {"status": status, "description": when}
+            for code, (status, when) in PROBLEM_CODES.items()
+        }
         components["responses"] = {
             self._problem_name(status): {
-                "description": PROBLEM_DESCRIPTIONS[status],
+                "description": _problem_description(status),
                 "headers": _header_refs(
                     COMMON_HEADERS, BODY_HEADERS, PROBLEM_HEADERS.get(status, [])
                 ),
                 "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("schemas", "Problem")}},
             }
-            for status in PROBLEM_DESCRIPTIONS
+            for status in PROBLEM_STATUSES
         }
         for schema in components["schemas"].values():
             if "description" in schema:
