@@ -10,7 +10,7 @@ BIND ?= $(HOST):$(PORT)
 WEB_CONCURRENCY ?= 2
 WORKERS ?= $(WEB_CONCURRENCY)
 
-.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench clean
+.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench cluster nginx clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,18 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 ## run: serve the API on http://$(BIND) on the embedded database, $(WORKERS) workers
 run: $(BIN)/.installed
 	BIND='$(BIND)' WEB_CONCURRENCY='$(WORKERS)' $(BIN)/hypercorn --config file:hypercorn_conf.py asgi:app
+
+## cluster: INSTANCES hypercorn instances (WORKERS_PER_INSTANCE workers each) behind nginx
+## (deploy/nginx) on the embedded database: https://localhost:8443 (HTTP/2), http://127.0.0.1:8080
+INSTANCES ?= 2
+WORKERS_PER_INSTANCE ?= 2
+cluster: $(BIN)/.installed nginx
+	$(BIN)/python -m scripts.cluster --instances $(INSTANCES) --workers $(WORKERS_PER_INSTANCE)
+
+# nginx and openssl from Debian's packages when missing (nginx-light has TLS and HTTP/2).
+nginx:
+	command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx-light)
+	command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
 
 ## test: the whole suite on both drivers (Motor, then PyMongo's AsyncMongoClient)
 test: test-motor test-pymongo

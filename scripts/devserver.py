@@ -57,6 +57,7 @@ def start_hypercorn(
     workers: int = 2,
     log: Path | None = None,
     application: str = "asgi:app",
+    own_process_group: bool = False,
 ) -> ServerProcess:
     """The Dockerfile's command on a loopback port, logging to ``log`` (or a temp file)."""
     if log is None:
@@ -76,6 +77,7 @@ def start_hypercorn(
         ],
         {**os.environ, **env},
         log,
+        own_group=own_process_group,
     )
 
 
