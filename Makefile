@@ -10,7 +10,7 @@ BIND ?= $(HOST):$(PORT)
 WEB_CONCURRENCY ?= 2
 WORKERS ?= $(WEB_CONCURRENCY)
 
-.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench cluster nginx clean
+.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench cluster cluster-test nginx clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ run: $(BIN)/.installed
 INSTANCES ?= 2
 WORKERS_PER_INSTANCE ?= 2
 cluster: $(BIN)/.installed nginx
-	$(BIN)/python -m scripts.cluster --instances $(INSTANCES) --workers $(WORKERS_PER_INSTANCE)
+	$(BIN)/python -m scripts.cluster --instances $(INSTANCES) --workers $(WORKERS_PER_INSTANCE) $(CLUSTER_ARGS)
+
+## cluster-test: the tests through the proxy (logout, streams across instances, HTTP/2,
+## X-Forwarded-For, retries, a rolling restart, make cluster's Ctrl-C)
+cluster-test: $(BIN)/.installed nginx
+	$(BIN)/pytest -q -m cluster tests/cluster
 
 # nginx and openssl from Debian's packages when missing (nginx-light has TLS and HTTP/2).
 nginx:

@@ -80,13 +80,22 @@ def generate_certificate(directory: Path) -> Path:
     return certificate
 
 
-def nginx_config(run_dir: Path, instance_ports: list[int], http_port: int, https_port: int) -> str:
+#: An instance that failed an attempt is skipped this long (nginx's passive health check), even
+#: if it is back sooner: a rolling restart waits this long after an instance is ready before it
+#: stops the next, or both may be skipped at once.
+FAIL_TIMEOUT_SECONDS = 5
+
+
+def upstream_server(port: int) -> str:
+    """One instance in the upstream, with its passive health check."""
+    return f"127.0.0.1:{port} max_fails=1 fail_timeout={FAIL_TIMEOUT_SECONDS}s"
+
+
+def nginx_config(run_dir: Path, servers: list[str], http_port: int, https_port: int) -> str:
     """The main configuration around the shipped http.conf and server.conf."""
-    servers = "\n".join(
-        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;" for port in instance_ports
-    )
+    upstream = "\n".join(f"        server {server};" for server in servers)
     # Started as root (CI, containers), nginx's master drops its workers to an
-    # unprivileged user; it makes the temp folders theirs.
+    # unprivileged user (and makes the temp folders theirs).
     user = ""
     if os.geteuid() == 0:
         group = grp.getgrgid(pwd.getpwnam(UNPRIVILEGED_USER).pw_gid).gr_name
@@ -107,7 +116,7 @@ http {{
     include {NGINX_CONFIG_DIR}/http.conf;
     access_log {run_dir}/nginx-access.log todo_api;
     upstream todo_api {{
-{servers}
+{upstream}
         keepalive 32;
     }}
     server {{
@@ -117,6 +126,51 @@ http {{
     }}
 }}
 """
+
+
+@dataclass
+class Proxy:
+    """nginx with the shipped configuration, in front of ``servers``; files in ``run_dir``."""
+
+    run_dir: Path
+    servers: list[str]
+    http_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def certificate(self) -> Path:
+        return self.run_dir / "tls" / "cert.pem"
+
+    @property
+    def access_log(self) -> Path:
+        return self.run_dir / "nginx-access.log"
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.chmod(0o755)  # nginx's unprivileged workers reach their temp folders
+        (self.run_dir / "temp").mkdir(exist_ok=True)
+        generate_certificate(self.run_dir / "tls")
+        config = self.run_dir / "nginx.conf"
+        config.write_text(nginx_config(self.run_dir, self.servers, self.http_port, self.https_port))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.process = subprocess.Popen(
+            [nginx, "-p", str(self.run_dir), "-c", str(config), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL,
+            process_group=0,  # Ctrl-C reaches the script, which stops the proxy first
+        )
+        wait_listening(self.https_port, self.process, "nginx")
+        wait_listening(self.http_port, self.process, "nginx")
+
+    def stop(self) -> None:
+        """Fast shutdown: open event streams would hold a graceful one for minutes."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
@@ -150,31 +204,22 @@ class Instance:
 
 @dataclass
 class Cluster:
-    """A database, ``instances`` API servers and nginx; start, restart one, stop all."""
+    """A database, API instances and nginx; start, stop or restart an instance, stop all."""
 
-    run_dir: Path
     env: Mapping[str, str]
     instances: list[Instance]
-    http_port: int
-    https_port: int
+    proxy: Proxy
     workers: int = 2
     database: EmbeddedDatabase | None = None
-    proxy: subprocess.Popen[bytes] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
-    def certificate(self) -> Path:
-        return self.run_dir / "tls" / "cert.pem"
-
-    @property
-    def access_log(self) -> Path:
-        return self.run_dir / "nginx-access.log"
+    def run_dir(self) -> Path:
+        return self.proxy.run_dir
 
     def start(self) -> None:
         """Start everything; on any failure stop what started and raise."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.run_dir.chmod(0o755)  # nginx's unprivileged workers reach their temp folders
             if not self.env.get("MONGO_URI"):
                 storage = str(load_settings(environ=dict(self.env))["EMBEDDED_DB_PATH"])
                 self.database = EmbeddedDatabase(storage)
@@ -183,7 +228,7 @@ class Cluster:
                 self.start_instance(number)
             for number in range(len(self.instances)):
                 self.wait_instance(number)
-            self.start_proxy()
+            self.proxy.start()
         except BaseException:
             self.stop()
             raise
@@ -209,26 +254,6 @@ class Cluster:
         assert process is not None
         return stop(process)
 
-    def start_proxy(self) -> None:
-        generate_certificate(self.run_dir / "tls")
-        config = self.run_dir / "nginx.conf"
-        config.write_text(
-            nginx_config(
-                self.run_dir,
-                [instance.port for instance in self.instances],
-                self.http_port,
-                self.https_port,
-            )
-        )
-        (self.run_dir / "temp").mkdir(exist_ok=True)
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        self.proxy = subprocess.Popen(
-            [nginx, "-p", str(self.run_dir), "-c", str(config), "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-        )
-        wait_listening(self.https_port, self.proxy, "nginx")
-
     def exited(self) -> list[str]:
         """The processes that ended on their own."""
         ended = [
@@ -236,25 +261,18 @@ class Cluster:
             for instance in self.instances
             if instance.process is not None and instance.process.poll() is not None
         ]
-        if self.proxy is not None and self.proxy.poll() is not None:
+        if self.proxy.process is not None and self.proxy.process.poll() is not None:
             ended.append("nginx")
         return ended
 
     def stop(self) -> None:
         """The proxy first (no new requests), then every instance, then the database."""
-        with self._lock:
-            if self.proxy is not None and self.proxy.poll() is None:
-                self.proxy.send_signal(signal.SIGQUIT)  # graceful: finish requests in flight
-                try:
-                    self.proxy.wait(15)
-                except subprocess.TimeoutExpired:
-                    self.proxy.kill()
-                    self.proxy.wait()
-            for instance in self.instances:
-                if instance.process is not None:
-                    stop(instance.process)
-            if self.database is not None:
-                self.database.stop()
+        self.proxy.stop()
+        for instance in self.instances:
+            if instance.process is not None and instance.process.poll() is None:
+                stop(instance.process)
+        if self.database is not None:
+            self.database.stop()
 
 
 def new_cluster(
@@ -272,7 +290,6 @@ def new_cluster(
         for number in range(instances)
     ]
     return Cluster(
-        run_dir=run_dir,
         env={
             # One proxy in front: the last X-Forwarded-For entry is the client
             # nginx saw, and only nginx (on the loopback) may set it.
@@ -281,8 +298,12 @@ def new_cluster(
             **env,
         },
         instances=[Instance(port, f"instance-{number + 1}") for number, port in enumerate(ports)],
-        http_port=http_port or free_port(),
-        https_port=https_port or free_port(),
+        proxy=Proxy(
+            run_dir,
+            [upstream_server(port) for port in ports],
+            http_port or free_port(),
+            https_port or free_port(),
+        ),
         workers=workers,
     )
 
@@ -329,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ports = ", ".join(str(instance.port) for instance in cluster.instances)
         print(
-            f"API through nginx: https://localhost:{cluster.https_port} (HTTP/2; "
-            f"certificate {cluster.certificate}) and http://127.0.0.1:{cluster.http_port}\n"
+            f"API through nginx: https://localhost:{cluster.proxy.https_port} (HTTP/2; "
+            f"certificate {cluster.proxy.certificate}) and "
+            f"http://127.0.0.1:{cluster.proxy.http_port}\n"
             f"instances on 127.0.0.1:{ports}; logs in {cluster.run_dir}\n"
             "Ctrl-C stops everything.",
             flush=True,

@@ -40,6 +40,7 @@ class EventStream:
         query: str = "",
         timeout: float = 10.0,
         receive_buffer: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.port = port
         raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -50,7 +51,7 @@ class EventStream:
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         self.connection.sock = raw
         self.local_port: int = raw.getsockname()[1]
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", **(headers or {})}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         if last_event_id is not None:
