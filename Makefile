@@ -10,7 +10,7 @@ BIND ?= $(HOST):$(PORT)
 WEB_CONCURRENCY ?= 2
 WORKERS ?= $(WEB_CONCURRENCY)
 
-.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench cluster cluster-test nginx clean
+.PHONY: run test test-motor test-pymongo lint fuzz browser clients chaos bench cluster cluster-test deploy-check nginx clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,20 @@ cluster: $(BIN)/.installed nginx
 ## X-Forwarded-For, retries, a rolling restart, make cluster's Ctrl-C)
 cluster-test: $(BIN)/.installed nginx
 	$(BIN)/pytest -q -m cluster tests/cluster
+
+## deploy-check: offline checks of what deploys: compose.yaml (docker-compose config), deploy/k8s
+## (kubernetes-validate, Kubernetes 1.35 and 1.37), the container's nginx.conf (nginx -t), and
+## checkov on deploy/k8s and both Dockerfiles
+CHECKOV_VENV ?= .venv-checkov
+deploy-check: $(BIN)/.installed $(CHECKOV_VENV)/bin/.installed nginx
+	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose)
+	CHECKOV=$(CHECKOV_VENV)/bin/checkov $(BIN)/pytest -q -m deploy tests/deploy
+
+$(CHECKOV_VENV)/bin/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
 
 # nginx and openssl from Debian's packages when missing (nginx-light has TLS and HTTP/2).
 nginx:
@@ -82,4 +96,4 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache clients/node_modules
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache clients/node_modules
