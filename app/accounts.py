@@ -60,14 +60,14 @@ async def log_in(username: str, password: str) -> sessions.Session:
     if not await users.credentials_unchanged(user["_id"], epoch):
         # The password changed or the account went while we verified: the
         # other side may have closed sessions before ours was stored.
-        await sessions.close(session["_id"])
+        await sessions.close(session["_id"], user["_id"])
         raise _invalid_credentials()
     await sessions.close_beyond(user["_id"], current_app.config["SESSIONS_PER_USER"])
     return session
 
 
 async def log_out(caller: CurrentUser) -> None:
-    await sessions.close(caller.session_id)
+    await sessions.close(caller.session_id, caller.id)
 
 
 async def _confirm_password(caller: CurrentUser, password: str) -> users.User:

@@ -75,12 +75,31 @@ INDEXES: dict[str, list[IndexModel]] = {
     ],
 }
 
+#: The shard key of each collection a sharded cluster shards (all hashed; docs/scaling.md
+#: says why, and how to shard). Every command on them names its key, so each goes to one
+#: shard (tests/test_shard_targeting.py). ``users`` stays unsharded: it is small, and
+#: sharding it by either of its identities (``_id``, ``username_key``) would send the
+#: lookups by the other to every shard and forbid the unique name index.
+SHARD_KEYS: dict[str, tuple[str, ...]] = {
+    "todos": ("owner",),
+    "sessions": ("user_id",),
+    "idempotency_keys": ("_id",),
+    "rate_limits": ("_id",),
+    "stream_tickets": ("_id",),
+}
+
 #: Indexes earlier versions created, dropped at start: the descending twins of
 #: the sort indexes (MongoDB walks an index either way) and the tags index.
 RETIRED_INDEXES = {
     "todos": [f"owner_{field}_desc" for field in ("created_at", "updated_at", "due_key")]
     + ["owner_tags"]
 }
+
+#: Data earlier versions wrote, brought up to date at start (every worker runs it; a
+#: no-op once done): the todos' quota counters (``count:<owner>``) get the ``owner``
+#: field, the collection's shard key, which every counter command now names.
+COUNTERS_WITHOUT_OWNER = {"_id": {"$regex": "^count:"}, "owner": {"$exists": False}}
+OWNER_FROM_COUNTER_ID = [{"$set": {"owner": {"$toObjectId": {"$substrCP": ["$_id", 6, 24]}}}}]
 
 #: The server's codes for dropping an index of a missing collection, or a missing index.
 NOTHING_TO_DROP = {26, 27}
@@ -308,6 +327,7 @@ class Mongo:
                 for index in indexes
             )
         )
+        await state.database["todos"].update_many(COUNTERS_WITHOUT_OWNER, OWNER_FROM_COUNTER_ID)
         state.indexes_ready = True
 
     async def _ensure_indexes_until_done(self, state: _Connection) -> None:

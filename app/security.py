@@ -172,12 +172,14 @@ def session_revoked() -> ApiError:
 
 
 async def _enter_session(session_id: str, user_id: ObjectId, token_expires_at: datetime) -> None:
-    """Make the caller ``user_id`` in ``session_id``, if that session is open and theirs."""
-    session = await sessions.find_open(session_id)
+    """Make the caller ``user_id`` in ``session_id``, if that session is open and theirs.
+
+    Another user's session is not found, like a closed one (a token naming
+    one was signed with the key, so it can only come from a leaked key).
+    """
+    session = await sessions.find_open(session_id, user_id)
     if session is None:
         raise session_revoked()
-    if session["user_id"] != user_id:
-        raise _token_invalid()  # signed for another user: forged or corrupt
     g.current_user = CurrentUser(
         session["user_id"],
         session["username"],
@@ -243,10 +245,8 @@ def require_refresh(view: Callable[..., Awaitable[R]]) -> Callable[..., Awaitabl
         )
         if generation is None:
             # Reuse of a spent refresh token: close the session, a thief may hold it.
-            if await sessions.close(claims.session_id, claims.user_id):
-                raise session_revoked()
-            if await sessions.exists(claims.session_id):
-                raise _token_invalid()  # another user's session: forged or corrupt
+            # (Closed already, or another user's: nothing to close.)
+            await sessions.close(claims.session_id, claims.user_id)
             raise session_revoked()
         rotated = TokenClaims(claims.user_id, claims.session_id, generation, claims.expires_at)
         return await view(*args, claims=rotated, **kwargs)

@@ -2,8 +2,9 @@
 
 A todo change becomes an event for its owner's streams, with the todo as
 ``GET /api/v1/todos/{id}`` shows it; a deleted session or user ends the
-streams that belong to it. Documents without ``owner`` (such as per-user
-counters kept in the todos collection) concern no stream.
+streams that belong to it. Documents without ``owner`` concern no stream
+(the quota counters kept in the todos collection never get here: the
+change stream's pipeline leaves them out).
 """
 
 from __future__ import annotations

@@ -250,7 +250,7 @@ class Hub:
     async def _revoke_closed_sessions(self) -> None:
         for subscriber in self._everyone():
             try:
-                open_session = await sessions.find_open(subscriber.session_id)
+                open_session = await sessions.find_open(subscriber.session_id, subscriber.user_id)
             except PyMongoError:
                 return  # the database went away again; the next reset checks again
             if open_session is None:

@@ -53,7 +53,7 @@ async def open_stream(caller: CurrentUser, last_event_id: str | None) -> EventSt
     try:
         # A logout between the route's session check and the registration
         # would otherwise go unseen: the hub may have passed its delete.
-        if await sessions.find_open(caller.session_id) is None:
+        if await sessions.find_open(caller.session_id, caller.id) is None:
             raise session_revoked()
     except BaseException:
         stream.close()

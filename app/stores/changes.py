@@ -3,8 +3,10 @@
 One pipeline serves the worker's shared stream and a reconnecting client's
 replay alike: inserts, updates and deletes of todos (with the pre-image, so a
 delete names its owner), and deletions of sessions and users (which end the
-streams of that session or user). Session updates (every token refresh) are
-filtered out on the server.
+streams of that session or user). Session updates (every token refresh) and
+the quota counters' changes (half of a create's writes; their ids are
+strings, a todo's an ObjectId) are filtered out on the server: every change
+that passes costs each open change stream a read (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ PIPELINE: list[dict[str, Any]] = [
                 {
                     "ns.coll": "todos",
                     "operationType": {"$in": ["insert", "update", "replace", "delete"]},
+                    "documentKey._id": {"$type": "objectId"},
                 },
                 {"ns.coll": {"$in": ["sessions", "users"]}, "operationType": "delete"},
             ]

@@ -1,5 +1,7 @@
 """The ``todos`` collection. Every query and write is filtered by ``owner``.
 
+``owner`` is also the collection's shard key (docs/scaling.md): every
+command names it, the quota counter's included, so each goes to one shard.
 ``due_key`` mirrors ``due_at`` but holds a far-future date when there is
 none, so that "no due date" sorts after every date on one index, as the
 contract wants. Writes that must not race are guarded by ``version``.
@@ -47,10 +49,15 @@ class OwnerDeleted(Exception):
     """The owner's account was deleted: nothing may be created for it any more."""
 
 
-def _counter_id(owner: ObjectId) -> str:
-    """The owner's todo counter: a document in ``todos`` itself, with no ``owner``
-    field, so no todo query ever matches it."""
-    return f"count:{owner}"
+#: Todos only: their ids are ObjectIds, the quota counters' are strings.
+TODOS_ONLY = {"_id": {"$type": "objectId"}}
+
+
+def _counter(owner: ObjectId) -> dict[str, Any]:
+    """The owner's todo counter: a document in ``todos`` itself, beside the owner's
+    todos (same ``owner``, so the same shard), under a string ``_id``. Queries that
+    select todos by ``owner`` alone leave it out with ``TODOS_ONLY``."""
+    return {"_id": f"count:{owner}", "owner": owner}
 
 
 async def insert(todo: Todo, quota: int) -> None:
@@ -66,23 +73,28 @@ async def insert(todo: Todo, quota: int) -> None:
     an ``insert``.
     """
     owner = todo["owner"]
-    fields = {key: value for key, value in todo.items() if key != "_id"}
+    # Both filters hold the whole shard key; its value (and _id) are set on insert.
+    fields = {key: value for key, value in todo.items() if key not in {"_id", "owner"}}
     try:
         result = await _todos().bulk_write(
             [
                 UpdateOne(
-                    {"_id": _counter_id(owner), "count": {"$lt": quota}, "closed": {"$ne": True}},
+                    {**_counter(owner), "count": {"$lt": quota}, "closed": {"$ne": True}},
                     {"$inc": {"count": 1}},
                     upsert=True,
                 ),
-                UpdateOne({"_id": todo["_id"]}, {"$setOnInsert": fields}, upsert=True),
+                UpdateOne(
+                    {"_id": todo["_id"], "owner": owner}, {"$setOnInsert": fields}, upsert=True
+                ),
             ],
             ordered=True,
         )
     except BulkWriteError as error:
         failure = error.details["writeErrors"][0]
         if failure["index"] == 0 and failure["code"] == DUPLICATE_KEY:
-            counter = await _todos().find_one({"_id": _counter_id(owner)}, {"closed": 1})
+            counter = await _todos().find_one(_counter(owner), {"closed": 1})
+            if counter is None and await _adopt_counter(owner):
+                return await insert(todo, quota)
             if counter is not None and counter.get("closed"):
                 raise OwnerDeleted from None
             raise QuotaExceeded from None
@@ -95,8 +107,18 @@ async def insert(todo: Todo, quota: int) -> None:
         raise DuplicateKeyError(f"a todo with _id {todo['_id']} exists")
 
 
+async def _adopt_counter(owner: ObjectId) -> bool:
+    """Give the owner's counter its ``owner`` if an earlier version wrote it without
+    one (one that still serves beside this one during a rolling upgrade; at start
+    the database upgrade does the same for all, see app/db.py)."""
+    result = await _todos().update_one(
+        {"_id": _counter(owner)["_id"], "owner": {"$exists": False}}, {"$set": {"owner": owner}}
+    )
+    return bool(result.modified_count == 1)
+
+
 async def _count(owner: ObjectId, change: int) -> None:
-    await _todos().update_one({"_id": _counter_id(owner)}, {"$inc": {"count": change}})
+    await _todos().update_one(_counter(owner), {"$inc": {"count": change}})
 
 
 async def find(owner: ObjectId, todo_id: ObjectId) -> Todo | None:
@@ -145,16 +167,16 @@ async def delete_all_of(owner: ObjectId) -> int:
     deleted too, and a count the todos never reach only costs the wait).
     The closed counter stays: one document holding the account's id.
     """
-    await _todos().update_one({"_id": _counter_id(owner)}, {"$set": {"closed": True}}, upsert=True)
+    await _todos().update_one(_counter(owner), {"$set": {"closed": True}}, upsert=True)
     # Read after closing, not as find_one_and_update's pre-image: on SecantusDB
     # that image could miss bumps applied just before (the test then failed).
-    counter = await _todos().find_one({"_id": _counter_id(owner)})
+    counter = await _todos().find_one(_counter(owner))
     counted: int = counter.get("count", 0) if counter is not None else 0
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + IN_FLIGHT_SECONDS
     deleted = 0
     while True:
-        deleted += int((await _todos().delete_many({"owner": owner})).deleted_count)
+        deleted += int((await _todos().delete_many({"owner": owner, **TODOS_ONLY})).deleted_count)
         if deleted >= counted or loop.time() >= give_up_at:
             return deleted
         await asyncio.sleep(0.01)
@@ -171,19 +193,21 @@ def list_pipeline(
 
     Shaped for both engines (measured in ``scripts/list_plans.py``):
 
-    - The first ``$match`` is what the indexes serve: the owner. SecantusDB
-      plans an index only for a filter of plain fields (a top-level
-      ``$and``/``$or`` sends it to a collection scan) and always sorts in
-      memory, so a page costs the owner's todos, never other users'.
+    - The first ``$match`` is what the indexes serve: the owner (the shard
+      key too, so a page is read on one shard). SecantusDB plans an index
+      only for a filter of plain fields (a top-level ``$and``/``$or`` sends
+      it to a collection scan) and always sorts in memory, so a page costs
+      the owner's todos, never other users'.
     - Every other condition goes in a second ``$match``, which SecantusDB
-      applies to those todos alone.
+      applies to those todos alone; it always leaves out the owner's quota
+      counter.
     - No index hint: SecantusDB walks a hinted index from end to end (every
       owner's entries), while MongoDB merges the two ``$match`` stages and
       picks the (owner, sort field, _id) index for the sort by itself.
     """
     field = SORT_FIELDS[sort.lstrip("-")]
     direction = DESCENDING if sort.startswith("-") else ASCENDING
-    rest: list[dict[str, Any]] = []
+    rest: list[dict[str, Any]] = [TODOS_ONLY]
     if filters.get("tag") is not None:
         rest.append({"tags": filters["tag"]})
     if filters.get("completed") is not None:
@@ -216,9 +240,7 @@ def list_pipeline(
                 ]
             }
         )
-    pipeline: list[dict[str, Any]] = [{"$match": {"owner": owner}}]
-    if rest:
-        pipeline.append({"$match": {"$and": rest}})
+    pipeline: list[dict[str, Any]] = [{"$match": {"owner": owner}}, {"$match": {"$and": rest}}]
     pipeline += [{"$sort": {field: direction, "_id": direction}}, {"$limit": limit}]
     return pipeline
 
