@@ -22,6 +22,7 @@ from http import HTTPStatus
 from typing import Any, TypeVar
 
 from quart_schema import OpenAPIProvider
+from quart_schema.openapi import QUART_SCHEMA_OPERATION_ID_ATTRIBUTE
 from quart_schema.validation import (
     QUART_SCHEMA_QUERYSTRING_ATTRIBUTE,
     QUART_SCHEMA_REQUEST_ATTRIBUTE,
@@ -306,6 +307,18 @@ def _refs(node: Any) -> Iterator[tuple[str, str]]:
             yield from _refs(value)
 
 
+def _boolean_when_true_or_false(schema: dict[str, Any]) -> None:
+    """A string schema of ``true``/``false`` only becomes a boolean (``const`` kept)."""
+    values = schema.get("enum", [schema["const"]] if "const" in schema else [])
+    if schema.get("type") != "string" or not values or not set(values) <= {"true", "false"}:
+        return
+    schema.pop("enum", None)
+    schema.pop("const", None)
+    schema["type"] = "boolean"
+    if len(set(values)) == 1:
+        schema["const"] = values[0] == "true"
+
+
 def _plain(text: str) -> str:
     """A summary as plain text: Swagger UI and generators show backticks literally."""
     return text.replace("`", "")
@@ -394,13 +407,23 @@ class ApiOpenAPIProvider(OpenAPIProvider):
                 name: value for name, value in components[kind].items() if (kind, name) in reached
             }
 
+    def operation_id(self, method: str, path: str, func: Callable[..., Any]) -> str | None:
+        """The route's own ``@operation_id`` as it is (quart-schema prefixes the method).
+
+        Generated clients name their functions after it: ``get_todo``, not
+        ``get_get_todo``. A route without one gets none (a test requires one).
+        """
+        explicit: str | None = getattr(func, QUART_SCHEMA_OPERATION_ID_ATTRIBUTE, None)
+        return explicit
+
     def build_querystring_parameters(
         self, model: type[Any]
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Query parameters as a client sends them: required per the model, never null.
 
         A query string cannot carry null, so "X or null, default null" is just
-        an optional X.
+        an optional X. A parameter whose only values are ``true`` and ``false``
+        is a boolean to clients (they send it lower-case, as the model requires).
         """
         parameters, definitions = super().build_querystring_parameters(model)
         for parameter in parameters:
@@ -410,6 +433,7 @@ class ApiOpenAPIProvider(OpenAPIProvider):
                 parameter["required"] = True
             elif field.default is None:
                 drop_null(parameter["schema"])
+            _boolean_when_true_or_false(parameter["schema"])
         return parameters, definitions
 
     def build_paths(self, rule: Rule) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -17,20 +17,20 @@ from typing import Any, TypeVar
 
 from todo_api_client import AuthenticatedClient, Client
 from todo_api_client.api.auth import (
-    get_me,
-    post_login,
-    post_logout,
-    post_refresh,
-    post_register,
+    get_account,
+    log_in,
+    log_out,
+    refresh_tokens,
+    register,
 )
 from todo_api_client.api.meta import get_index
 from todo_api_client.api.todos import (
-    delete_clear_completed,
-    delete_delete_todo,
-    get_get_todo,
-    get_list_todos,
-    patch_update_todo,
-    post_create_todo,
+    clear_completed_todos,
+    create_todo,
+    delete_todo,
+    get_todo,
+    list_todos,
+    update_todo,
 )
 from todo_api_client.models import (
     Credentials,
@@ -84,18 +84,16 @@ def accounts(base_url: str) -> TokenPair:
     index = expect(get_index.sync_detailed(client=public), 200, Index)
     assert index.links.docs == "/docs"
     credentials = Credentials(username=USERNAME, password=PASSWORD)
-    user = expect(post_register.sync_detailed(client=public, body=credentials), 201, UserOut)
+    user = expect(register.sync_detailed(client=public, body=credentials), 201, UserOut)
     assert isinstance(user.created_at, datetime) and is_utc(user.created_at)
-    expect_problem(
-        post_register.sync_detailed(client=public, body=credentials), 409, "username_taken"
-    )
+    expect_problem(register.sync_detailed(client=public, body=credentials), 409, "username_taken")
     wrong = LoginBody(username=USERNAME, password="not the password")
-    expect_problem(post_login.sync_detailed(client=public, body=wrong), 401, "invalid_credentials")
+    expect_problem(log_in.sync_detailed(client=public, body=wrong), 401, "invalid_credentials")
     login = LoginBody(username=USERNAME, password=PASSWORD)
-    tokens = expect(post_login.sync_detailed(client=public, body=login), 200, TokenPair)
+    tokens = expect(log_in.sync_detailed(client=public, body=login), 200, TokenPair)
     assert tokens.token_type == "Bearer" and tokens.expires_in > 0
     client = AuthenticatedClient(base_url=base_url, token=tokens.access_token)
-    me = expect(get_me.sync_detailed(client=client), 200, UserOut)
+    me = expect(get_account.sync_detailed(client=client), 200, UserOut)
     assert me.id == user.id and me.created_at == user.created_at
     return tokens
 
@@ -107,13 +105,13 @@ def todos(client: AuthenticatedClient) -> None:
         body = TodoCreate(
             title=f"Todo {number}", tags=["Contact"], due_at=due + timedelta(days=number)
         )
-        response = post_create_todo.sync_detailed(client=client, body=body)
+        response = create_todo.sync_detailed(client=client, body=body)
         todo = expect(response, 201, Todo)
         assert response.headers["ETag"] == '"1"'
         assert response.headers["Location"] == f"/api/v1/todos/{todo.id}"
         created.append(todo)
     plain = expect(
-        post_create_todo.sync_detailed(client=client, body=TodoCreate(title="Title only")),
+        create_todo.sync_detailed(client=client, body=TodoCreate(title="Title only")),
         201,
         Todo,
     )
@@ -123,7 +121,7 @@ def todos(client: AuthenticatedClient) -> None:
     assert first.due_at == due and first.completed_at is None and first.tags == ["contact"]
 
     invalid = expect_problem(
-        post_create_todo.sync_detailed(client=client, body=TodoCreate(title="  ")),
+        create_todo.sync_detailed(client=client, body=TodoCreate(title="  ")),
         422,
         "validation_failed",
     )
@@ -135,7 +133,7 @@ def todos(client: AuthenticatedClient) -> None:
     cursor: str | Unset = UNSET
     while True:
         page = expect(
-            get_list_todos.sync_detailed(
+            list_todos.sync_detailed(
                 client=client,
                 tag="contact",
                 sort=Sort.DUE_AT_DESC,
@@ -151,31 +149,32 @@ def todos(client: AuthenticatedClient) -> None:
         cursor = page.next_cursor
     assert [todo.id for todo in listed] == [todo.id for todo in reversed(created)]
 
-    not_modified = get_get_todo.sync_detailed(first.id, client=client, if_none_match='"1"')
+    not_modified = get_todo.sync_detailed(first.id, client=client, if_none_match='"1"')
     expect_empty(not_modified, 304)
     assert not_modified.headers["ETag"] == '"1"'
 
     done = TodoPatch(completed=True)
-    response = patch_update_todo.sync_detailed(first.id, client=client, body=done, if_match='"1"')
+    response = update_todo.sync_detailed(first.id, client=client, body=done, if_match='"1"')
     patched = expect(response, 200, Todo)
     assert response.headers["ETag"] == '"2"' and patched.version == 2
     assert isinstance(patched.completed_at, datetime) and patched.updated_at >= first.updated_at
+    # A boolean filter is a bool in the client, sent as `completed=true`.
+    finished = expect(list_todos.sync_detailed(client=client, completed=True), 200, TodoPage)
+    assert [todo.id for todo in finished.items] == [first.id]
 
-    stale = patch_update_todo.sync_detailed(first.id, client=client, body=done, if_match='"1"')
+    stale = update_todo.sync_detailed(first.id, client=client, body=done, if_match='"1"')
     expect_problem(stale, 412, "version_conflict")
     assert stale.headers["ETag"] == '"2"'
-    unquoted = patch_update_todo.sync_detailed(first.id, client=client, body=done, if_match="2")
+    unquoted = update_todo.sync_detailed(first.id, client=client, body=done, if_match="2")
     assert '"2"' in expect_problem(unquoted, 412, "version_conflict").detail
 
-    missing = expect_problem(get_get_todo.sync_detailed("0" * 24, client=client), 404, "not_found")
+    missing = expect_problem(get_todo.sync_detailed("0" * 24, client=client), 404, "not_found")
     assert isinstance(missing.errors, Unset)
 
-    expect_empty(
-        delete_delete_todo.sync_detailed(created[1].id, client=client, if_match='"1"'), 204
-    )
-    expect_problem(get_get_todo.sync_detailed(created[1].id, client=client), 404, "not_found")
+    expect_empty(delete_todo.sync_detailed(created[1].id, client=client, if_match='"1"'), 204)
+    expect_problem(get_todo.sync_detailed(created[1].id, client=client), 404, "not_found")
     cleared = expect(
-        delete_clear_completed.sync_detailed(client=client, completed="true"), 200, Deleted
+        clear_completed_todos.sync_detailed(client=client, completed=True), 200, Deleted
     )
     assert cleared.deleted == 1
 
@@ -184,11 +183,11 @@ def main(base_url: str) -> None:
     tokens = accounts(base_url)
     todos(AuthenticatedClient(base_url=base_url, token=tokens.access_token))
     refreshing = AuthenticatedClient(base_url=base_url, token=tokens.refresh_token)
-    renewed = expect(post_refresh.sync_detailed(client=refreshing), 200, TokenPair)
+    renewed = expect(refresh_tokens.sync_detailed(client=refreshing), 200, TokenPair)
     assert renewed.refresh_token != tokens.refresh_token
     client = AuthenticatedClient(base_url=base_url, token=renewed.access_token)
-    expect_empty(post_logout.sync_detailed(client=client), 204)
-    expect_problem(get_me.sync_detailed(client=client), 401, "token_revoked")
+    expect_empty(log_out.sync_detailed(client=client), 204)
+    expect_problem(get_account.sync_detailed(client=client), 401, "token_revoked")
     print("python client session: ok")
 
 

@@ -4,7 +4,8 @@ Starts the real server (hypercorn, a fresh embedded database), takes its
 /openapi.json, and checks what a newcomer's tools make of it:
 
 (a) openapi-python-client generates a package; ``clients/python_session.py``
-    passes ``mypy --strict`` against it and runs a whole session through it.
+    passes ``mypy --strict`` against it and runs a whole session through it;
+    each function is named after its operation's id, with no doubled word.
 (b) openapi-typescript (default options) generates types; ``clients/contact.ts``
     and real bodies from the server compile with ``tsc --noEmit --strict``.
 (c) Redocly CLI lints the document with its recommended rules: no error, and no
@@ -22,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,31 @@ def run(command: list[str | Path], cwd: Path = ROOT, **env: str) -> str:
     return result.stdout + result.stderr
 
 
-def python_client(spec: Path, scratch: Path, base_url: str) -> None:
+def function_names(package: Path) -> set[str]:
+    """The generated client's API functions: one module per operation, named after its id."""
+    return {module.stem for module in (package / "api").glob("*/*.py") if module.stem != "__init__"}
+
+
+def check_function_names(spec: dict[str, Any], package: Path) -> list[str]:
+    """Each operation's function is its operationId, with no doubled word (``get_get_todo``)."""
+    ids = {
+        operation["operationId"]
+        for item in spec["paths"].values()
+        for operation in item.values()
+        if "operationId" in operation
+    }
+    names = function_names(package)
+    failures = [f"generated function {name} is no operationId" for name in sorted(names - ids)]
+    failures += [f"no generated function for {name}" for name in sorted(ids - names)]
+    for name in sorted(names):
+        words = name.split("_")
+        if any(a == b for a, b in pairwise(words)):
+            failures.append(f"generated function {name} doubles a word")
+    print(f"python client: {len(names)} functions, named after their operationIds")
+    return failures
+
+
+def python_client(spec: Path, scratch: Path, base_url: str) -> list[str]:
     generated = run(
         [
             VENV_BIN / "openapi-python-client",
@@ -83,6 +109,7 @@ def python_client(spec: Path, scratch: Path, base_url: str) -> None:
     session = CLIENTS / "python_session.py"
     run([VENV_BIN / "mypy", "--config-file", "mypy.ini", session], cwd=scratch)
     print(run([sys.executable, session, base_url], cwd=scratch, PYTHONPATH=str(scratch)))
+    return check_function_names(json.loads(spec.read_text()), scratch / PACKAGE)
 
 
 def typescript_types(spec: Path, scratch: Path, port: int, token: str) -> None:
@@ -150,13 +177,13 @@ def main() -> int:
         spec = scratch / "openapi.json"
         spec.write_text(json.dumps(spec_body, indent=1))
         run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=CLIENTS)
-        python_client(spec, scratch, f"http://127.0.0.1:{port}")
+        failures = python_client(spec, scratch, f"http://127.0.0.1:{port}")
         credentials = {"username": "typescript", "password": "correct horse battery"}
         assert call(port, "POST", "/api/v1/auth/register", credentials)[0] == 201
         token = call(port, "POST", "/api/v1/auth/login", credentials)[1]["access_token"]
         call(port, "POST", "/api/v1/todos", {"title": "Read a page"}, token=token)
         typescript_types(spec, scratch, port, token)
-        failures = redocly_lint(spec)
+        failures += redocly_lint(spec)
     for failure in failures:
         print("FAIL:", failure)
     print("clients check:", "FAILED" if failures else "ok")

@@ -58,6 +58,14 @@ async def test_the_page_names_every_operation_of_the_document(spec: Spec) -> Non
     assert not missing, missing
 
 
+async def test_the_page_names_every_operation_id_with_its_route(spec: Spec) -> None:
+    text = PAGE.read_text()
+    for method, path in operations(spec):
+        operation_id = spec["paths"][path][method.lower()]["operationId"]
+        row = f"| `{method} {path}` | `{operation_id}` |"
+        assert row in text, row
+
+
 async def test_every_route_the_page_names_is_in_the_document(spec: Spec) -> None:
     documented = set(operations(spec))
     named = set(NAMED_ROUTE.findall(PAGE.read_text()))

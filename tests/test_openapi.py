@@ -6,7 +6,9 @@ to the properties they depend on, so a regression shows up in `make test`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import jsonschema
@@ -91,10 +93,11 @@ async def test_query_parameters_are_required_per_the_api_and_never_null(spec: Sp
             "name": "completed",
             "in": "query",
             "required": True,
-            "schema": {"const": "true", "type": "string"},
+            "schema": {"type": "boolean", "const": True},
         }
     ]
     listing = {p["name"]: p for p in spec["paths"]["/api/v1/todos"]["get"]["parameters"]}
+    assert listing["completed"]["schema"] == {"type": "boolean"}  # a bool in generated clients
     assert not any(p.get("required") for p in listing.values())
     for parameter in listing.values():
         assert "null" not in str(parameter["schema"]), parameter  # a query string has no null
@@ -297,3 +300,15 @@ def test_the_docs_explain_every_redocly_warning_make_clients_accepts() -> None:
         path = pointer.split("/")[2].replace("~1", "/")
         method = pointer.split("/")[3].upper()
         assert rule in explanation and f"`{method} {path}`" in explanation, (rule, pointer)
+
+
+async def test_every_operation_has_its_own_snake_case_verb_noun_id(spec: Spec) -> None:
+    ids = [op.get("operationId") for _, _, op in operations(spec)]
+    assert all(ids), "an operation without an explicit @operation_id"
+    assert len(set(ids)) == len(ids), ids
+    for operation_id in ids:
+        words = operation_id.split("_")
+        assert re.fullmatch(r"[a-z]+(_[a-z]+)*", operation_id), operation_id
+        # No doubled word (get_get_todo) and no HTTP method glued in front of a verb.
+        assert all(a != b for a, b in pairwise(words)), operation_id
+        assert words[0] not in {"post", "put", "patch"}, operation_id

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quart import Blueprint, Response
-from quart_schema import document_response, tag_blueprint, validate_request
+from quart_schema import document_response, operation_id, tag_blueprint, validate_request
 
 from .. import accounts
 from ..json_provider import json_response
@@ -25,6 +25,7 @@ tag_blueprint(blueprint, ["auth"])
 
 
 @blueprint.post("/register")
+@operation_id("register")
 @validate_request(Credentials)
 @document_response(UserOut, 201)
 @problems(409, 429)
@@ -35,6 +36,7 @@ async def register(data: Credentials) -> Response:
 
 
 @blueprint.post("/login")
+@operation_id("log_in")
 @validate_request(LoginBody)
 @document_response(TokenPair, 200)
 @problems(401, 429)
@@ -45,6 +47,7 @@ async def login(data: LoginBody) -> Response:
 
 
 @blueprint.post("/refresh")
+@operation_id("refresh_tokens")
 @require_refresh
 @document_response(TokenPair, 200)
 async def refresh(claims: TokenClaims) -> Response:
@@ -53,6 +56,7 @@ async def refresh(claims: TokenClaims) -> Response:
 
 
 @blueprint.post("/logout")
+@operation_id("log_out")
 @require_access
 @response_headers(204)
 async def logout() -> Response:
@@ -62,6 +66,7 @@ async def logout() -> Response:
 
 
 @blueprint.get("/me")
+@operation_id("get_account")
 @require_access
 @document_response(UserOut, 200)
 async def me() -> Response:
@@ -71,6 +76,7 @@ async def me() -> Response:
 
 
 @blueprint.post("/password")
+@operation_id("change_password")
 @require_access
 @validate_request(PasswordChangeBody)
 @response_headers(204)
@@ -82,6 +88,7 @@ async def change_password(data: PasswordChangeBody) -> Response:
 
 
 @blueprint.delete("/me")
+@operation_id("delete_account")
 @require_access
 @validate_request(AccountDeletionBody)
 @response_headers(204)

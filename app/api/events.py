@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quart import Blueprint, Response, request
-from quart_schema import document_response, tag_blueprint, validate_querystring
+from quart_schema import document_response, operation_id, tag_blueprint, validate_querystring
 
 from ..json_provider import json_response
 from ..live import handoff, stream, tickets
@@ -16,6 +16,7 @@ tag_blueprint(blueprint, ["events"])
 
 
 @blueprint.get("")
+@operation_id("stream_todo_events")
 @require_access_or_ticket
 @validate_querystring(EventsQuery)
 @event_stream
@@ -32,6 +33,7 @@ async def events(query_args: EventsQuery) -> Response:
 
 
 @blueprint.post("/tickets")
+@operation_id("create_event_ticket")
 @require_access
 @document_response(StreamTicket, 200)
 async def create_ticket() -> Response:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quart import Blueprint, Response
-from quart_schema import document_response, tag
+from quart_schema import document_response, operation_id, tag
 
 from ..extensions import mongo
 from ..json_provider import json_response
@@ -15,6 +15,7 @@ READINESS_TIMEOUT_SECONDS = 2.0
 
 
 @blueprint.get("/healthz")
+@operation_id("get_health")
 @tag(["health"])
 @document_response(Health, 200)
 async def healthz() -> Response:
@@ -23,6 +24,7 @@ async def healthz() -> Response:
 
 
 @blueprint.get("/readyz")
+@operation_id("get_readiness")
 @tag(["health"])
 @document_response(Readiness, 200)
 @document_response(Readiness, 503)

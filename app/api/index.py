@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quart import Blueprint, url_for
-from quart_schema import document_response, tag
+from quart_schema import document_response, operation_id, tag
 
 from ..extensions import API_INFO
 from ..models.index import Index
@@ -15,6 +15,7 @@ API_BASE = "/api/v1"
 
 
 @blueprint.get("/")
+@operation_id("get_index")
 @tag(["meta"])
 @document_response(Index, 200)
 async def index() -> dict[str, object]:

@@ -11,6 +11,7 @@ from bson import ObjectId
 from quart import Blueprint, Response, request, url_for
 from quart_schema import (
     document_response,
+    operation_id,
     tag_blueprint,
     validate_querystring,
     validate_request,
@@ -149,6 +150,7 @@ def created_response(todo: dict[str, Any], replayed: bool = False) -> Response:
 
 
 @blueprint.post("")
+@operation_id("create_todo")
 @require_access
 @validate_request(TodoCreate)
 @document_response(Todo, 201)
@@ -165,6 +167,7 @@ async def create_todo(data: TodoCreate) -> Response:
 
 
 @blueprint.get("")
+@operation_id("list_todos")
 @require_access
 @validate_querystring(ListQuery)
 @document_response(TodoPage, 200)
@@ -175,6 +178,7 @@ async def list_todos(query_args: ListQuery) -> Response:
 
 
 @blueprint.delete("")
+@operation_id("clear_completed_todos")
 @require_access
 @validate_querystring(ClearCompletedQuery)
 @document_response(Deleted, 200)
@@ -184,6 +188,7 @@ async def clear_completed(query_args: ClearCompletedQuery) -> Response:
 
 
 @blueprint.get("/<todo_id>")
+@operation_id("get_todo")
 @require_access
 @with_todo_id
 @document_response(Todo, 200)
@@ -202,6 +207,7 @@ async def get_todo(todo_id: ObjectId) -> Response:
 
 
 @blueprint.patch("/<todo_id>")
+@operation_id("update_todo")
 @require_access
 @with_todo_id
 @validate_request(TodoPatch)
@@ -216,6 +222,7 @@ async def update_todo(todo_id: ObjectId, data: TodoPatch) -> Response:
 
 
 @blueprint.delete("/<todo_id>")
+@operation_id("delete_todo")
 @require_access
 @with_todo_id
 @request_headers("If-Match")
