@@ -83,8 +83,9 @@ chaos: $(BIN)/.installed
 	MONGO_DRIVER=motor $(BIN)/pytest -q -m chaos tests/chaos
 	MONGO_DRIVER=pymongo $(BIN)/pytest -q -m chaos tests/chaos
 
-## bench: wrk against this API, the Flask+PyMongo peer and a bare Quart floor, then 1,000 open
-## event streams (live); BENCH_ARGS=--quick for ~3 minutes, BENCH_ARGS="--scenarios live" for live alone
+## bench: wrk against this API, its Flask+PyMongo peer (bench/peers, sync and gthread workers) and
+## a bare Quart floor, then 1,000 open event streams (live). BENCH_ARGS=--quick: short runs, one pass;
+## --hop: the database 1 ms away (a relay delays each wire message); --scenarios live: live alone
 bench: $(BIN)/.installed
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m scripts.bench $(BENCH_ARGS)
@@ -96,4 +97,5 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache clients/node_modules
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache clients/node_modules \
+		bench/peers/*/.venv

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,9 @@ class ServerProcess(subprocess.Popen[bytes]):
 
     A pipe nobody drains fills up after 64 KiB of log lines, and then every
     worker blocks on its next log write; a file never does. With
-    ``own_group`` it leads a process group of its own, so that everything it
-    starts can be signalled at once (``os.killpg(process.pid, ...)``).
+    ``own_group`` it leads a process group (and session) of its own, so that
+    everything it starts can be stopped at once (``stop_group``) and a
+    terminal's Ctrl-C reaches only the script, which stops it in order.
     """
 
     def __init__(
@@ -140,6 +141,27 @@ def stop(server: ServerProcess) -> str:
         server.send_signal(signal.SIGTERM)
     server.wait(timeout=30)
     return server.output()
+
+
+def stop_group(process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    """SIGTERM to the process group ``process`` leads; SIGKILL whatever outlives ``seconds``.
+
+    Waits until every member has gone, not only the leader: a server's workers
+    can outlive their master by their graceful shutdown.
+    """
+    deadline = time.monotonic() + seconds
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    while time.monotonic() < deadline:
+        process.poll()  # reap the leader, so the group empties
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @contextmanager

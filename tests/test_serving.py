@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +21,7 @@ import pytest
 from app.embedded_db import EmbeddedDatabase, free_port, held_by_another_process
 from app.serving import EXIT_ADDRESS_IN_USE, EXIT_CONFIG_REFUSED, EXIT_DATA_FOLDER_IN_USE
 from config import BaseConfig
-from scripts.devserver import HYPERCORN, ROOT, ServerProcess, call, wait_ready
+from scripts.devserver import HYPERCORN, ROOT, ServerProcess, call, stop_group, wait_ready
 from tests.conftest import DRIVER
 
 pytestmark = pytest.mark.slow
@@ -54,23 +52,7 @@ def make_run(env: dict[str, str], log: Path, *variables: str) -> Iterator[Server
         yield server
     finally:
         # make does not pass SIGTERM on: stop the whole group, as Ctrl-C would.
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-        wait_for_group_to_end(server.pid)
-
-
-def wait_for_group_to_end(group: int, seconds: float = 30) -> None:
-    """Hypercorn outlives make by its graceful shutdown; wait for every member."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.killpg(group, signal.SIGKILL)
-    raise AssertionError(f"process group {group} outlived SIGTERM by {seconds} s")
+        stop_group(server)
 
 
 def test_make_run_honours_bind_and_defaults_to_two_workers(
