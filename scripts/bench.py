@@ -311,6 +311,11 @@ def run_wrk(target: Target, scenario: str, seconds: int, connections: int, db_pi
     return figures
 
 
+def _ratio(value: float, reference: float) -> float | None:
+    """``value / reference``, or None when the reference run answered nothing."""
+    return value / reference if reference else None
+
+
 def summarise(samples: dict[tuple[str, str], list[dict[str, Any]]]) -> list[Result]:
     """Medians per (target, scenario), with ratios to each peer and to the floor."""
 
@@ -333,15 +338,15 @@ def summarise(samples: dict[tuple[str, str], list[dict[str, Any]]]) -> list[Resu
     for result in results.values():
         sync = results.get((PEER_SYNC, result.scenario))
         if sync is not None and result.target not in PEERS:
-            result.rps_vs_sync = result.requests_per_second / sync.requests_per_second
-            result.cpu_vs_sync = result.cpu_ms_per_request / sync.cpu_ms_per_request
+            result.rps_vs_sync = _ratio(result.requests_per_second, sync.requests_per_second)
+            result.cpu_vs_sync = _ratio(result.cpu_ms_per_request, sync.cpu_ms_per_request)
         threaded = results.get((PEER_THREADS, result.scenario))
         if threaded is not None and result.target not in PEERS:
-            result.rps_vs_gthread = result.requests_per_second / threaded.requests_per_second
-            result.cpu_vs_gthread = result.cpu_ms_per_request / threaded.cpu_ms_per_request
+            result.rps_vs_gthread = _ratio(result.requests_per_second, threaded.requests_per_second)
+            result.cpu_vs_gthread = _ratio(result.cpu_ms_per_request, threaded.cpu_ms_per_request)
         floor = results.get((FLOOR, result.scenario))
         if floor is not None and result.target != FLOOR:
-            result.cpu_vs_floor = result.cpu_ms_per_request / floor.cpu_ms_per_request
+            result.cpu_vs_floor = _ratio(result.cpu_ms_per_request, floor.cpu_ms_per_request)
     return sorted(results.values(), key=lambda r: (WRK_SCENARIOS.index(r.scenario), r.target))
 
 
