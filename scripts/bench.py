@@ -88,7 +88,8 @@ PEERS = (PEER_SYNC, PEER_THREADS)
 FLOOR = "bare quart"
 #: What --targets takes, and the targets each name starts.
 TARGET_KINDS = ("api", "flask-sync", "flask-gthread", "floor")
-WRK = shutil.which("wrk") or ""
+#: The load generator: $WRK when set, else wrk from PATH.
+WRK = os.environ.get("WRK") or shutil.which("wrk") or ""
 
 # One Lua script drives every scenario; the data comes in a generated prelude.
 LUA = r"""
@@ -591,6 +592,8 @@ def start_relay(
 
 def bench_http(args: argparse.Namespace, scenarios: list[str]) -> str:
     """The wrk scenarios against every target; writes results.json, returns its table."""
+    if not WRK:
+        sys.exit("wrk is not installed: `make bench` installs Debian's wrk package")
     log = args.out / "server.log"
     log.write_text("")
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -600,8 +603,6 @@ def bench_http(args: argparse.Namespace, scenarios: list[str]) -> str:
         db_pid = database.process.pid
         uri = start_relay(processes, database, args.hop, log) if args.hop else database.uri
         targets = start_targets(processes, args, uri, log)
-        if not WRK:
-            raise SystemExit("wrk is not installed: `make bench` installs Debian's wrk package")
         started = time.monotonic()
         # Targets of one kind share a database: seed it once per kind.
         seeded: dict[bool, dict[str, Any]] = {}
