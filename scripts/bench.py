@@ -65,7 +65,7 @@ from scripts import bench_live
 from scripts.devserver import (
     ROOT,
     ServerProcess,
-    call,
+    post_retrying,
     process_tree_cpu_seconds,
     start_hypercorn,
     stop_group,
@@ -79,7 +79,6 @@ USERS = 50
 TODOS_OF_FIRST_USER = 1000
 TODOS_OF_OTHERS = 20
 PASSWORD = "benchmark password"  # noqa: S105 (a throwaway benchmark account)
-SEED_ATTEMPTS = 30
 PEER_DIR = ROOT / "bench" / "peers" / "flask_pymongo"
 PEER_VENV = PEER_DIR / ".venv"
 PEER_SYNC = "flask sync"
@@ -218,26 +217,11 @@ def stopped_at_exit() -> Iterator[Processes]:
             signal.signal(sig, handler)
 
 
-def _seeding_call(port: int, path: str, body: Any, token: str | None = None) -> tuple[int, Any]:
-    """One seeding POST, retried like a careful client while the server is saturated.
-
-    A loaded machine makes a request miss its database deadline (503); a todo
-    is retried under one ``Idempotency-Key`` (the peer ignores the header).
-    """
-    headers = {"Idempotency-Key": secrets.token_hex(16)}
-    for _ in range(SEED_ATTEMPTS):
-        status, answer = call(port, "POST", path, body, token, headers)
-        if status not in (429, 503):
-            return status, answer
-        time.sleep(1)
-    return status, answer
-
-
 def _seed_user(port: int, index: int, stop: threading.Event) -> tuple[str, list[str]]:
     credentials = {"username": f"bench{index}", "password": PASSWORD}
-    status, body = _seeding_call(port, "/api/v1/auth/register", credentials)
+    status, body = post_retrying(port, "/api/v1/auth/register", credentials)
     assert status in (201, 409), body  # 409: an attempt answered 503 had registered it
-    status, body = _seeding_call(port, "/api/v1/auth/login", credentials)
+    status, body = post_retrying(port, "/api/v1/auth/login", credentials)
     assert status == 200, body
     token: str = body["access_token"]
     ids = []
@@ -245,7 +229,7 @@ def _seed_user(port: int, index: int, stop: threading.Event) -> tuple[str, list[
         if stop.is_set():
             raise RuntimeError("seeding stopped")
         todo = {"title": f"todo {number}", "tags": ["seed"]}
-        status, body = _seeding_call(port, "/api/v1/todos", todo, token)
+        status, body = post_retrying(port, "/api/v1/todos", todo, token)
         assert status == 201, body
         ids.append(body["id"])
     return token, ids[:200]
@@ -523,20 +507,24 @@ def main() -> int:
     if unknown or unknown_targets:
         sys.exit(f"unknown scenarios or targets: {', '.join(sorted(unknown | unknown_targets))}")
     args.out.mkdir(parents=True, exist_ok=True)
-    report = []
+    report: list[str] = []
+    suffix = "-hop" if args.hop else ""
+
+    def save(part: str) -> None:  # after each part, so a later failure loses nothing
+        report.append(part)
+        (args.out / f"results{suffix}.md").write_text("\n\n".join(report) + "\n")
+
     try:
         if set(scenarios) & set(WRK_SCENARIOS):
-            report.append(bench_http(args, [s for s in scenarios if s != LIVE]))
+            save(bench_http(args, [s for s in scenarios if s != LIVE]))
         if LIVE in scenarios:
-            report.append(bench_live_updates(args))
+            save(bench_live_updates(args))
     except StartFailed as failure:
         print(f"bench: {failure}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("bench: interrupted; every process it started is stopped", file=sys.stderr)
         return 130
-    suffix = "-hop" if args.hop else ""
-    (args.out / f"results{suffix}.md").write_text("\n\n".join(report) + "\n")
     return 0
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scripts.devserver import call, process_tree_cpu_seconds, running_server
+from scripts.devserver import call, post_retrying, process_tree_cpu_seconds, running_server
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,9 @@ def register_users(port: int, count: int) -> dict[str, str]:
     tokens: dict[str, str] = {}
     for _ in range(count):
         credentials = {"username": f"b{uuid.uuid4().hex[:12]}", "password": "bench password"}
-        status, _ = call(port, "POST", "/api/v1/auth/register", credentials)
-        assert status == 201, status
-        status, body = call(port, "POST", "/api/v1/auth/login", credentials)
+        status, _ = post_retrying(port, "/api/v1/auth/register", credentials)
+        assert status in (201, 409), status  # 409: an attempt answered 503 had registered it
+        status, body = post_retrying(port, "/api/v1/auth/login", credentials)
         assert status == 200, body
         tokens[credentials["username"]] = body["access_token"]
     return tokens

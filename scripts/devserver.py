@@ -109,6 +109,24 @@ def call(
         return error.code, json.loads(error.read() or b"null")
 
 
+def post_retrying(
+    port: int, path: str, body: Any, token: str | None = None, attempts: int = 30
+) -> tuple[int, Any]:
+    """A POST retried as a careful client would while the server is saturated (429, 503).
+
+    Every attempt carries the same ``Idempotency-Key``, so a retried create
+    makes one todo; other routes ignore the header.
+    """
+    headers = {"Idempotency-Key": secrets.token_hex(16)}
+    status, answer = call(port, "POST", path, body, token, headers)
+    for _ in range(attempts - 1):
+        if status not in (429, 503):
+            break
+        time.sleep(1)
+        status, answer = call(port, "POST", path, body, token, headers)
+    return status, answer
+
+
 def wait_ready(
     port: int,
     server: ServerProcess,
