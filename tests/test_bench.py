@@ -29,7 +29,12 @@ MARK = "TODO_API_BENCH_RUN"
 
 
 def bench(out: Path, mark: str, *args: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "scripts.bench", "--quick", "--out", str(out), *args]
+    """A quick run of the floor and this API (one worker each), marked with ``mark``."""
+    command = [
+        *(sys.executable, "-m", "scripts.bench", "--quick", "--out", str(out)),
+        *("--targets", "floor,api", "--drivers", DRIVER, "--workers", "1"),
+        *("--scenarios", "healthz", *args),
+    ]
     return subprocess.Popen(
         command,
         cwd=ROOT,
@@ -64,20 +69,7 @@ def marked_processes(mark: str) -> list[str]:
 def test_a_target_that_does_not_start_stops_everything_started(tmp_path: Path) -> None:
     mark = uuid.uuid4().hex
     # The floor starts first; this API then refuses a zero token lifetime and exits.
-    run = bench(
-        tmp_path,
-        mark,
-        "--targets",
-        "floor,api",
-        "--drivers",
-        DRIVER,
-        "--workers",
-        "1",
-        "--scenarios",
-        "healthz",
-        "--setting",
-        "JWT_ACCESS_TOKEN_EXPIRES=0",
-    )
+    run = bench(tmp_path, mark, "--setting", "JWT_ACCESS_TOKEN_EXPIRES=0")
     _, errors = run.communicate(timeout=180)
     assert run.returncode == 1, errors
     assert f"bench: api {DRIVER} did not start" in errors
@@ -90,18 +82,7 @@ def test_a_target_that_does_not_start_stops_everything_started(tmp_path: Path) -
 
 def test_ctrl_c_stops_everything_started(tmp_path: Path) -> None:
     mark = uuid.uuid4().hex
-    run = bench(
-        tmp_path,
-        mark,
-        "--targets",
-        "floor,api",
-        "--drivers",
-        DRIVER,
-        "--workers",
-        "1",
-        "--scenarios",
-        "healthz",
-    )
+    run = bench(tmp_path, mark)
     log = tmp_path / "server.log"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # both servers up: the run is seeding or measuring

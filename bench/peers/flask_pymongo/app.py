@@ -120,6 +120,7 @@ def now() -> datetime:
 
 
 def todo_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """The API's todo shape, written out again: the peer never imports the API's code."""
     return {
         "id": str(doc["_id"]),
         "title": doc["title"],
