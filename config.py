@@ -121,6 +121,9 @@ class BaseConfig:
     # Logging.
     LOG_LEVEL = "INFO"
     LOG_FORMAT = "text"  # or "json"
+    # Metrics: GET /metrics wants "Authorization: Bearer <METRICS_TOKEN>" when set;
+    # production without one has no /metrics at all (docs/operations.md).
+    METRICS_TOKEN: str | None = None
 
 
 class DevelopmentConfig(BaseConfig):
@@ -267,3 +270,11 @@ def check_production_settings(settings: Mapping[str, Any]) -> None:
     origins = [origin.strip() for origin in settings["CORS_ORIGINS"].split(",")]
     if "*" in origins:
         raise ConfigError("CORS_ORIGINS must list origins; '*' is refused in production")
+    metrics_token = settings.get("METRICS_TOKEN") or ""
+    if metrics_token and (
+        len(metrics_token.encode()) < MIN_SECRET_BYTES or metrics_token != metrics_token.strip()
+    ):
+        raise ConfigError(
+            f"METRICS_TOKEN must be at least {MIN_SECRET_BYTES} bytes, without surrounding "
+            "whitespace, e.g. `openssl rand -hex 32`"
+        )

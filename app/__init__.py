@@ -11,9 +11,10 @@ from quart import Quart
 
 from config import DEFAULT_INSTANCE_PATH, ConfigError, check_production_settings, load_settings
 
-from . import errors, hooks, live, security
+from . import cli, errors, hooks, live, migrations, security
 from .api import auth, docs, events, health, index, todos
-from .extensions import jwt, mongo, passwords, schema
+from .api import metrics as metrics_api
+from .extensions import API_INFO, jwt, metrics, mongo, passwords, schema
 from .json_provider import OrjsonProvider
 from .logs import configure_logging
 
@@ -43,8 +44,10 @@ async def create_app(
 
     schema.init_app(app)
     app.json = OrjsonProvider(app)  # after quart-schema, which installs its own
+    metrics.init_app(app, str(API_INFO["version"]))
     live.init_app(app)  # before mongo: its streams end before the client closes
     mongo.init_app(app)
+    migrations.init_app(app)  # after mongo: it needs the client at start
     passwords.init_app(app)
     security.init_app(app, jwt)
     errors.init_app(app)
@@ -52,7 +55,9 @@ async def create_app(
     app.register_blueprint(index.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(docs.blueprint)
+    app.register_blueprint(metrics_api.blueprint)
     app.register_blueprint(auth.blueprint, url_prefix="/api/v1/auth")
     app.register_blueprint(todos.blueprint, url_prefix="/api/v1/todos")
     app.register_blueprint(events.blueprint, url_prefix="/api/v1/todos/events")
+    app.cli.add_command(cli.db)
     return hooks.init_app(app)

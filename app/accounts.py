@@ -15,7 +15,7 @@ from __future__ import annotations
 from bson import ObjectId
 from quart import current_app
 
-from . import throttle
+from . import metrics, throttle
 from .errors import ApiError, unauthorized, validation_error
 from .extensions import passwords
 from .security import CurrentUser, refresh_lifetime, session_revoked
@@ -50,6 +50,7 @@ async def log_in(username: str, password: str) -> sessions.Session:
     user = await users.find_by_username(username)
     if not await passwords.verify(user["password_hash"] if user else None, password):
         throttle.log_failed_login(username)
+        metrics.count(lambda m: m.login_failures)
         raise _invalid_credentials()
     assert user is not None
     await reservation.give_back()

@@ -1,7 +1,9 @@
 """The MongoDB extension: the only module that knows which async driver runs.
 
 The client is created in ``before_serving`` (it binds to the event loop, so
-it cannot exist at import or factory time) and closed in ``after_serving``.
+it cannot exist at import or factory time) and closed in ``after_serving``;
+``db`` commands open and close it themselves. The collections' options and
+indexes are the migrations' business (``app/migrations``), not each worker's.
 PyMongo's ``AsyncMongoClient`` (Motor's successor) is the default driver;
 ``MONGO_DRIVER=motor`` selects Motor. Both raise PyMongo's exceptions, so
 the rest of the app needs no driver-specific code.
@@ -26,10 +28,11 @@ from functools import wraps
 from typing import Any, TypeVar, cast
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, IndexModel, WriteConcern
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+from pymongo import WriteConcern
+from pymongo.errors import ConnectionFailure, PyMongoError
 from quart import Quart, Response, current_app
 
+from . import metrics
 from .errors import ApiError, handle_unexpected, problem_response
 
 logger = logging.getLogger(__name__)
@@ -40,40 +43,6 @@ Dispatch = TypeVar("Dispatch", bound=Callable[..., Awaitable[Any]])
 #: concurrent requests may share an app context.
 _DEADLINE: ContextVar[float | None] = ContextVar("request_database_deadline", default=None)
 
-
-#: Indexes per collection. ``create_indexes`` is idempotent, so every worker
-#: may run it at start. Todos: one (owner, sort field, _id) index per sort,
-#: which MongoDB walks either way, so it serves both directions of a sort
-#: and, with the owner's other conditions checked on the way, every filter.
-#: SecantusDB uses one of them to find the owner's todos. No (owner, tags)
-#: index: each index costs every write (and SecantusDB every query's plan);
-#: measured on SecantusDB, dropping it made inserts, point reads, updates and
-#: pages 10-18 % cheaper.
-INDEXES: dict[str, list[IndexModel]] = {
-    "users": [IndexModel([("username_key", ASCENDING)], unique=True, name="username_key_unique")],
-    "sessions": [
-        IndexModel(
-            [("user_id", ASCENDING), ("refreshed_at", DESCENDING)], name="user_id_refreshed_at"
-        ),
-        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl"),
-    ],
-    "rate_limits": [
-        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
-    ],
-    "stream_tickets": [
-        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
-    ],
-    "idempotency_keys": [
-        IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0, name="expires_at_ttl")
-    ],
-    "todos": [
-        IndexModel(
-            [("owner", ASCENDING), (sort_field, ASCENDING), ("_id", ASCENDING)],
-            name=f"owner_{sort_field}_asc",
-        )
-        for sort_field in ("created_at", "updated_at", "due_key")
-    ],
-}
 
 #: The shard key of each collection a sharded cluster shards (all hashed; docs/scaling.md
 #: says why, and how to shard). Every command on them names its key, so each goes to one
@@ -88,23 +57,6 @@ SHARD_KEYS: dict[str, tuple[str, ...]] = {
     "stream_tickets": ("_id",),
 }
 
-#: Indexes earlier versions created, dropped at start: the descending twins of
-#: the sort indexes (MongoDB walks an index either way) and the tags index.
-RETIRED_INDEXES = {
-    "todos": [f"owner_{field}_desc" for field in ("created_at", "updated_at", "due_key")]
-    + ["owner_tags"]
-}
-
-#: Data earlier versions wrote, brought up to date at start (every worker runs it; a
-#: no-op once done): the todos' quota counters (``count:<owner>``) get the ``owner``
-#: field, the collection's shard key, which every counter command now names.
-COUNTERS_WITHOUT_OWNER = {"_id": {"$regex": "^count:"}, "owner": {"$exists": False}}
-OWNER_FROM_COUNTER_ID = [{"$set": {"owner": {"$toObjectId": {"$substrCP": ["$_id", 6, 24]}}}}]
-
-#: The server's codes for dropping an index of a missing collection, or a missing index.
-NOTHING_TO_DROP = {26, 27}
-
-
 async def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run ``pipeline`` and return every document: Motor's ``aggregate`` returns
     the cursor, PyMongo's async client a coroutine of it. ``to_list`` takes each
@@ -116,29 +68,11 @@ async def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dic
     return documents
 
 
-#: Options of collections that must be created explicitly. ``todos`` keeps
-#: pre-images, so a change stream's delete event still names the todo's owner
-#: and version (MongoDB 6.0+ and SecantusDB alike).
-COLLECTION_OPTIONS: dict[str, dict[str, Any]] = {
-    "todos": {"changeStreamPreAndPostImages": {"enabled": True}},
-}
-NAMESPACE_EXISTS = 48
-
-
 def is_unavailable(error: BaseException) -> bool:
     """True when a driver error means "the database cannot be reached now"."""
     return isinstance(error, ConnectionFailure) or (
         isinstance(error, PyMongoError) and error.timeout
     )
-
-
-async def _drop_index(collection: Any, name: str) -> None:
-    """Drop ``name`` if it exists (every worker tries; the first one wins)."""
-    try:
-        await collection.drop_index(name)
-    except OperationFailure as error:
-        if error.code not in NOTHING_TO_DROP:
-            raise
 
 
 def _unavailable() -> ApiError:
@@ -167,8 +101,8 @@ class _Connection:
 
     client: Any = None
     database: Any = None
-    indexes_ready: bool = False
-    index_task: asyncio.Task[None] | None = None
+    schema_ready: bool = False
+    background: asyncio.Task[None] | None = None
 
 
 class Mongo:
@@ -176,8 +110,8 @@ class Mongo:
 
     def init_app(self, app: Quart) -> None:
         app.extensions["mongo"] = _Connection()
-        app.before_serving(self._connect)
-        app.after_serving(self._disconnect)
+        app.before_serving(self.connect)
+        app.after_serving(self.disconnect)
         # Flask's way of wrapping an app (as with ``wsgi_app``): every view runs
         # inside its request's database budget.
         app.dispatch_request = self._within_budget(app.dispatch_request)  # type: ignore[method-assign]
@@ -241,6 +175,7 @@ class Mongo:
                     if view.done():  # it ended as the deadline fell (or raised this itself)
                         return view.result()
                     logger.warning("request deadline spent")
+                    metrics.count(lambda m: m.deadline_exceeded)
                     raise _unavailable() from None
                 finally:
                     if not view.done():  # spent, or the client went away
@@ -256,7 +191,8 @@ class Mongo:
             raise RuntimeError("no request budget is open")
         return max(0.0, deadline - time.monotonic())
 
-    async def _connect(self) -> None:
+    async def connect(self) -> None:
+        """Create the current app's client (in ``before_serving``, or by a command)."""
         config = current_app.config
         if not config["MONGO_URI"]:
             raise RuntimeError(
@@ -269,6 +205,7 @@ class Mongo:
             "timeoutMS": config["MONGO_OPERATION_TIMEOUT_MS"],
             "tz_aware": True,
             "appname": "todo-api",
+            "event_listeners": metrics.Metrics.listeners(current_app),
         }
         if config["MONGO_DRIVER"] == "pymongo":
             from pymongo import AsyncMongoClient
@@ -284,65 +221,19 @@ class Mongo:
         state.database = client.get_database(
             config["MONGO_DB"], write_concern=WriteConcern(w=1, j=True)
         )
-        try:
-            await self._ensure_indexes(state)
-        except PyMongoError as error:
-            # Serve anyway: requests answer 503 while the database is away and
-            # /readyz stays "unavailable" until the indexes exist.
-            logger.error("database unreachable at start (%s); retrying", type(error).__name__)
-            state.index_task = asyncio.create_task(self._ensure_indexes_until_done(state))
 
-    @staticmethod
-    async def _ensure_collections(state: _Connection) -> None:
-        """Create the collections that need options, or turn the options on.
+    def set_schema_ready(self) -> None:
+        """The schema is current (checked or upgraded): readiness may pass."""
+        self._state().schema_ready = True
 
-        Every worker runs this at start, concurrently: a ``create`` that loses
-        the race (or finds the collection from an earlier version) gets
-        NamespaceExists and applies the options with ``collMod`` instead;
-        both are idempotent.
-        """
-        for name, options in COLLECTION_OPTIONS.items():
-            try:
-                await state.database.command("create", name, **options)
-            except OperationFailure as error:
-                if error.code != NAMESPACE_EXISTS:
-                    raise
-                await state.database.command("collMod", name, **options)
+    def start_background(self, work: Awaitable[None]) -> None:
+        """Run ``work`` beside serving; it is cancelled when the client closes."""
+        self._state().background = asyncio.ensure_future(work)
 
-    @classmethod
-    async def _ensure_indexes(cls, state: _Connection) -> None:
-        try:
-            await cls._ensure_collections(state)
-        except OperationFailure as error:
-            # Only live updates need the options (a standalone server has no
-            # change streams anyway); the rest of the API works without them.
-            logger.warning("collection options not applied: %s", error)
-        await asyncio.gather(
-            *(state.database[name].create_indexes(models) for name, models in INDEXES.items())
-        )
-        await asyncio.gather(
-            *(
-                _drop_index(state.database[name], index)
-                for name, indexes in RETIRED_INDEXES.items()
-                for index in indexes
-            )
-        )
-        await state.database["todos"].update_many(COUNTERS_WITHOUT_OWNER, OWNER_FROM_COUNTER_ID)
-        state.indexes_ready = True
-
-    async def _ensure_indexes_until_done(self, state: _Connection) -> None:
-        while not state.indexes_ready:
-            await asyncio.sleep(1)
-            try:
-                await self._ensure_indexes(state)
-            except PyMongoError:
-                continue
-        logger.info("database reachable again; indexes ensured")
-
-    async def _disconnect(self) -> None:
+    async def disconnect(self) -> None:
         state = self._state()
-        if state.index_task is not None:
-            state.index_task.cancel()
+        if state.background is not None:
+            state.background.cancel()
         if state.client is None:
             return
         result = state.client.close()
@@ -365,13 +256,13 @@ class Mongo:
         return await stream.__aenter__()
 
     async def is_ready(self, within_seconds: float) -> bool:
-        """True when indexes exist and a ping answers within ``within_seconds``.
+        """True when the schema is ready and a ping answers within ``within_seconds``.
 
         The wait also ends a little before the request's budget, so that the
         probe gives its own answer even when REQUEST_DEADLINE_MS is shorter.
         """
         state = self._state()
-        if state.database is None or not state.indexes_ready:
+        if state.database is None or not state.schema_ready:
             return False
         try:
             async with asyncio.timeout(min(within_seconds, self.time_left() - 0.1)):
@@ -384,5 +275,6 @@ class Mongo:
     async def _handle_driver_error(error: PyMongoError) -> Response:
         if is_unavailable(error):
             logger.warning("database unavailable: %s", type(error).__name__)
+            metrics.count(lambda m: m.database_unavailable)
             return problem_response(_unavailable())
         return await handle_unexpected(error)

@@ -10,6 +10,7 @@ from quart_jwt_extended import JWTManager
 from quart_schema import QuartSchema
 
 from .db import Mongo
+from .metrics import Metrics
 from .openapi import ApiOpenAPIProvider
 from .passwords import PasswordHashing
 
@@ -23,6 +24,7 @@ API_INFO = {
 }
 
 mongo = Mongo()
+metrics = Metrics()
 jwt = JWTManager()
 schema = QuartSchema(
     info=API_INFO,

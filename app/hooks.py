@@ -1,4 +1,5 @@
-"""Request-wide behaviour: request ids, body checks, security headers, access log.
+"""Request-wide behaviour: request ids, trace context, body checks, security headers,
+the access log and the request metrics.
 
 The body checks run before routing and authentication, which gives the
 contract's precedence for faults: 413, then 415, then 400, then the route.
@@ -17,10 +18,16 @@ from quart_cors import cors
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestTimeout
 
+from . import metrics
 from .errors import PROBLEM_CONTENT_TYPE, ApiError
 from .logs import AccessLog
 
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+#: W3C Trace Context, section 3.2: version, trace id, parent id, flags, in lowercase
+#: hex. A later version may append fields after another "-"; version ff is invalid.
+TRACEPARENT = re.compile(
+    r"(?!ff)([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-.*)?"
+)
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
 API_PREFIX = "/api/"
 JSON_TYPES = frozenset({"application/json", PROBLEM_CONTENT_TYPE})
@@ -48,6 +55,22 @@ async def assign_request_id() -> None:
     offered = request.headers.getlist("X-Request-ID")
     sane = offered and SANE_REQUEST_ID.fullmatch(offered[0])
     g.request_id = offered[0] if sane else secrets.token_hex(16)
+    g.trace_id = trace_id(request.headers.getlist("traceparent"))
+
+
+def trace_id(traceparent: list[str]) -> str | None:
+    """The trace id of a valid ``traceparent`` header, else None.
+
+    Per the specification: exactly one header; version 00 has exactly four
+    fields; a later version is read by its first four fields; an all-zero
+    trace or parent id, version ff and upper-case hex make it invalid.
+    """
+    if len(traceparent) != 1:
+        return None
+    match = TRACEPARENT.fullmatch(traceparent[0].strip(" \t"))
+    if match is None or (match.group(1) == "00" and match.group(3) is not None):
+        return None
+    return match.group(2)
 
 
 async def _body() -> bytes:
@@ -113,17 +136,28 @@ async def finish_response(response: Response) -> Response:
 
 
 def _log_access(path: str, status: int, request_id: str) -> None:
-    duration_ms = round((time.perf_counter() - g.get("started_at", time.perf_counter())) * 1000, 2)
+    """The access log line and the request's metrics (by route template, never the path)."""
+    seconds = time.perf_counter() - g.get("started_at", time.perf_counter())
+    duration_ms = round(seconds * 1000, 2)
     method = request.method
-    access_log: AccessLog = current_app.extensions["access_log"]
+    rule = request.url_rule
+    extensions = current_app.extensions
+    metric_set: metrics.MetricSet = extensions["metrics"]
+    metric_set.observe_request(
+        method, metrics.UNMATCHED if rule is None else rule.rule, status, seconds
+    )
+    trace = g.get("trace_id")
+    message = f"{method} {path} {status} {duration_ms:.2f}ms request_id={request_id}"
+    access_log: AccessLog = extensions["access_log"]
     access_log.write(
-        f"{method} {path} {status} {duration_ms:.2f}ms request_id={request_id}",
+        message if trace is None else f"{message} trace_id={trace}",
         {
             "method": method,
             "path": path,
             "status": status,
             "duration_ms": duration_ms,
             "request_id": request_id,
+            "trace_id": trace,
         },
     )
 

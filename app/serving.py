@@ -2,12 +2,17 @@
 
 Hypercorn loses its workers' exit status (it exits 0 even when a worker fails
 to import the app), so a refusal must happen here, in the master, where a
-non-zero exit reaches the container runtime. The embedded database is also
-started here, once, so that every worker shares one server.
+non-zero exit reaches the container runtime: unsafe settings, and in
+production a database schema older than this version. The embedded database
+is also started here, once, so that every worker shares one server, and the
+metrics directory is prepared, which every worker must find in its
+environment before it imports prometheus-client.
 
 A start-up failure the master meets is one log line on stderr naming the
 cause and the fix, and an exit status of its own; never a traceback:
 
+- ``EXIT_SCHEMA_BEHIND`` (65): in production, the database's schema is older than
+  this version (run ``python -m app db upgrade`` first);
 - ``EXIT_ADDRESS_IN_USE`` (69): another program listens on the address to serve on;
 - ``EXIT_DATA_FOLDER_IN_USE`` (75): another server uses the embedded database's folder;
 - ``EXIT_CONFIG_REFUSED`` (78): a setting is missing or unsafe.
@@ -17,23 +22,30 @@ from __future__ import annotations
 
 import atexit
 import errno
+import glob
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn
+from typing import Any, NoReturn
+
+from pymongo.errors import PyMongoError
 
 from config import ConfigError, check_production_settings, load_settings
 
+from . import migrations
 from .embedded_db import DataFolderInUse, EmbeddedDatabase
 from .logs import build_handler
 
 logger = logging.getLogger("app.serving")
 
 # Status codes from sysexits.h, one per cause, so that scripts can tell them apart.
+EXIT_SCHEMA_BEHIND = migrations.EXIT_SCHEMA_BEHIND  # 65, EX_DATAERR: upgrade, then start again
 EXIT_ADDRESS_IN_USE = 69  # EX_UNAVAILABLE
 EXIT_DATA_FOLDER_IN_USE = 75  # EX_TEMPFAIL: it works once the other server has stopped
 EXIT_CONFIG_REFUSED = 78  # EX_CONFIG
@@ -42,7 +54,8 @@ ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None]
 
 
 def prepare_to_serve() -> None:
-    """Refuse unsafe settings, start the embedded database if needed, report a busy address."""
+    """Refuse unsafe settings or an older schema, prepare the metrics directory, start the
+    embedded database if needed, report a busy address."""
     log_format = "json" if os.environ.get("APP_ENV") == "production" else "text"
     handler = build_handler(log_format)
     handler.setStream(sys.stderr)  # beside hypercorn's own lines, away from the access log
@@ -58,10 +71,52 @@ def prepare_to_serve() -> None:
             f"refusing to start: {error}. Set it in the environment or in "
             "instance/config.py (docs/configuration.md lists every setting).",
         )
+    check_schema(settings)
+    prepare_metrics_directory()
     database = None
     if not settings["MONGO_URI"]:
         database = start_embedded_database(settings["EMBEDDED_DB_PATH"])
     sys.excepthook = report_address_in_use(sys.excepthook, database)
+
+
+def check_schema(settings: Mapping[str, Any]) -> None:
+    """In production, refuse a database whose schema is older than this version.
+
+    A database that does not answer is not refused: the workers check when it does.
+    """
+    if settings["APP_ENV"] != "production":
+        return
+    try:
+        pending = migrations.pending_in(
+            settings["MONGO_URI"],
+            settings["MONGO_DB"],
+            settings["MONGO_SERVER_SELECTION_TIMEOUT_MS"],
+        )
+    except PyMongoError as error:
+        logger.warning(
+            "database unreachable at start (%s); the workers check the schema when it answers",
+            type(error).__name__,
+        )
+        return
+    if pending:
+        fail(EXIT_SCHEMA_BEHIND, f"refusing to start: {migrations.SchemaBehind(pending)}")
+
+
+def prepare_metrics_directory() -> str:
+    """Empty ``PROMETHEUS_MULTIPROC_DIR`` (or make a fresh one) for this server's workers.
+
+    Files left by an earlier run would add its counts to this one's.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for path in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(path)
+    else:
+        directory = tempfile.mkdtemp(prefix="todo-api-metrics-")
+        atexit.register(shutil.rmtree, directory, True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
 
 
 def fail(status: int, message: str) -> NoReturn:

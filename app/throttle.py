@@ -24,6 +24,7 @@ from datetime import timedelta
 
 from quart import current_app, request
 
+from . import metrics
 from .errors import ApiError
 from .stores import rate_limits
 
@@ -67,6 +68,9 @@ async def _take(limits: Mapping[str, int], window: timedelta, *, subject: str) -
     if not exceeded:
         return Reservation(keys)
     await Reservation(keys).give_back()
+    for key, counted in zip(keys, windows, strict=True):
+        if counted.count > limits[key]:
+            metrics.count_refusal(rule_of(key))
     retry_after = max(w.retry_after() for w in exceeded)
     logger.warning(
         "rate limited: %s address=%s retry_after=%ds", subject, client_address(), retry_after
@@ -77,6 +81,11 @@ async def _take(limits: Mapping[str, int], window: timedelta, *, subject: str) -
         "Too many attempts; wait before trying again.",
         headers={"Retry-After": str(retry_after)},
     )
+
+
+def rule_of(key: str) -> str:
+    """A counter key's rule, without the address, username or session it counts."""
+    return ":".join(key.split(":", 2)[:2])
 
 
 def _seconds(setting: str) -> timedelta:

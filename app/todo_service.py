@@ -16,7 +16,7 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 from quart import current_app
 
-from . import cursors, idempotency
+from . import cursors, idempotency, metrics
 from .clock import utcnow
 from .errors import ApiError
 from .models.todos import ListQuery, TodoCreate
@@ -57,7 +57,12 @@ def _version_conflict(current_version: int, if_match: IfMatch) -> ApiError:
     return ApiError(412, "version_conflict", detail, headers={"ETag": etag(current_version)})
 
 
+def _replayed() -> None:
+    metrics.count(lambda m: m.idempotent_replays)
+
+
 def _deleted_since() -> ApiError:
+    _replayed()
     return ApiError(
         404,
         "not_found",
@@ -110,6 +115,7 @@ async def create_once(owner: ObjectId, data: TodoCreate, key: str) -> tuple[Todo
         if todo is not None:
             if not claim.completed:  # its first attempt wrote it but never said so
                 await idempotency.complete(claim)
+            _replayed()
             return todo, True
         if claim.completed:
             raise _deleted_since()
@@ -123,6 +129,7 @@ async def create_once(owner: ObjectId, data: TodoCreate, key: str) -> tuple[Todo
             raise
         todo = found
         await idempotency.complete(claim)
+        _replayed()
         return todo, True
     except ApiError:
         await idempotency.release(claim)  # refused, nothing created: free the key

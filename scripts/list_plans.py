@@ -27,8 +27,8 @@ from typing import Any
 from bson import ObjectId
 from pymongo import MongoClient
 
-from app.db import INDEXES
 from app.embedded_db import EmbeddedDatabase
+from app.migrations.schema import INDEXES
 from app.stores.todos import SORT_FIELDS, due_key, list_pipeline
 from scripts.devserver import process_tree_cpu_seconds
 

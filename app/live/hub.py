@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from pymongo.errors import PyMongoError
 from quart import Quart
 
 from ..errors import ApiError
+from ..metrics import MetricSet
 from ..stores import changes, sessions
 from . import sse
 from .alarms import Alarms
@@ -76,6 +78,17 @@ def unavailable() -> ApiError:
     )
 
 
+def _reason(error: Exception) -> str:
+    """The ``reason`` label of a change stream's interruption."""
+    if isinstance(error, StreamInvalidated):
+        return "invalidated"
+    if changes.history_lost(error):
+        return "history_lost"
+    if isinstance(error, PyMongoError):
+        return "database_error"
+    return "failed"
+
+
 @dataclass(eq=False)
 class Hub:
     app: Quart
@@ -90,6 +103,11 @@ class Hub:
     _reset_pending: bool = False
     _recheck: asyncio.Task[None] | None = None
     alarms: Alarms = field(default_factory=Alarms)  # the streams' heartbeats and expiries
+
+    @property
+    def metrics(self) -> MetricSet:
+        metric_set: MetricSet = self.app.extensions["metrics"]
+        return metric_set
 
     # -- subscribers -------------------------------------------------------
 
@@ -107,6 +125,7 @@ class Hub:
         # No await from the count to the registration: the cap holds under concurrency.
         streams = self.subscribers.setdefault(subscriber.user_id, [])
         if len(streams) >= config["EVENTS_MAX_STREAMS_PER_USER"]:
+            self.metrics.rate_limit_refusals.labels("event-streams:user").inc()
             raise ApiError(
                 429,
                 "rate_limited",
@@ -115,12 +134,14 @@ class Hub:
                 headers={"Retry-After": str(math.ceil(config["EVENTS_RETRY_MS"] / 1000))},
             )
         streams.append(subscriber)
+        self.metrics.event_streams_open.inc()
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         streams = self.subscribers.get(subscriber.user_id)
         if streams is not None:
             with contextlib.suppress(ValueError):  # unsubscribing twice is harmless
                 streams.remove(subscriber)
+                self.metrics.event_streams_open.dec()
             if not streams:
                 del self.subscribers[subscriber.user_id]
 
@@ -170,6 +191,7 @@ class Hub:
                             unavailable() if changes.no_change_streams(error) else error
                         )
                         return
+                    self.metrics.change_stream_interruptions.labels(_reason(error)).inc()
                     if isinstance(error, StreamInvalidated):
                         logger.warning("change stream invalidated; reopening from now")
                         self.resume_token = None
@@ -199,7 +221,9 @@ class Hub:
                 self._reset(stream.resume_token)
             while stream.alive:
                 change = await stream.try_next()
-                if change is not None:
+                if change is None:
+                    self.metrics.change_stream_lag.set(0)  # caught up
+                else:
                     self._dispatch(change)
                     # A batch is read without suspending: let the streams take
                     # each event before the next, so a burst (clearing many
@@ -217,6 +241,7 @@ class Hub:
     def _dispatch(self, change: dict[str, Any]) -> None:
         position = sse.Position(change["clusterTime"], change["_id"])
         self.position = position
+        self.metrics.change_stream_lag.set(max(0.0, time.time() - change["clusterTime"].time))
         try:
             routed = route(change)
         except (KeyError, TypeError, ValueError):  # a document this API did not write

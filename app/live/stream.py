@@ -104,6 +104,7 @@ class EventStream:
             return
         if len(self._mailbox) >= self._hub.app.config["EVENTS_QUEUE_SIZE"]:
             logger.info("event stream of user %s dropped: not reading", self.user_id)
+            self._hub.metrics.event_streams_dropped.inc()
             self._cut_off()
             return
         self._mailbox.append(message)
@@ -200,9 +201,12 @@ class EventStream:
     async def _write_mailbox(self) -> None:
         try:
             while self._mailbox and not self._finished:
-                frame = self._sent.frame_for(self._mailbox.pop(0))
+                message = self._mailbox.pop(0)
+                frame = self._sent.frame_for(message)
                 if frame is not None:
                     await self._write(frame)
+                    if message.kind == "event":
+                        self._hub.metrics.delivered_live.inc()
                 if self._sent.ended:
                     await self._end()
         except Exception:  # nobody awaits this task: say it here, and cut the stream
@@ -261,7 +265,10 @@ class EventStream:
         position = sse.Position(change["clusterTime"], change["_id"])
         if isinstance(routed, TodoEvent) and routed.owner == self.user_id:
             frame = sse.event(routed.name, routed.data, position.event_id)
-            return self._sent.frame_for(Message("event", frame, position))
+            sent = self._sent.frame_for(Message("event", frame, position))
+            if sent is not None:
+                self._hub.metrics.delivered_replay.inc()
+            return sent
         if isinstance(routed, Ended) and getattr(self, routed.field) == routed.value:
             self._sent.last = position
             return self._sent.frame_for(Message("revoked"))

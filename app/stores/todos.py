@@ -5,6 +5,14 @@ command names it, the quota counter's included, so each goes to one shard.
 ``due_key`` mirrors ``due_at`` but holds a far-future date when there is
 none, so that "no due date" sorts after every date on one index, as the
 contract wants. Writes that must not race are guarded by ``version``.
+
+Each owner's todos are counted in a counter document (the quota). A recount
+(``db upgrade``'s first migration) must hold even while the owner writes, so
+the counter has a guard of its own: while ``recount_until`` lies ahead,
+creates and deletes wait instead of changing the count, and a delete that
+has changed it is marked in flight (``deleting``) until its todos are gone.
+The recount sets the guard, waits for the deletes in flight, counts, and
+sets the count: no write of the owner falls between its count and its set.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from ..clock import utcnow
 from ..db import aggregate
 from ..extensions import mongo
 
@@ -26,6 +35,8 @@ Todo = dict[str, Any]
 DUPLICATE_KEY = 11000
 #: How long an account deletion waits for creates it has counted to land.
 IN_FLIGHT_SECONDS = 1.0
+#: How often a write blocked by a recount looks again.
+RECOUNT_POLL_SECONDS = 0.02
 
 #: Later than any accepted due date (the models refuse this last millisecond).
 NO_DUE_DATE = datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
@@ -51,13 +62,50 @@ class OwnerDeleted(Exception):
 
 #: Todos only: their ids are ObjectIds, the quota counters' are strings.
 TODOS_ONLY = {"_id": {"$type": "objectId"}}
+COUNTER_PREFIX = "count:"
 
 
 def _counter(owner: ObjectId) -> dict[str, Any]:
     """The owner's todo counter: a document in ``todos`` itself, beside the owner's
     todos (same ``owner``, so the same shard), under a string ``_id``. Queries that
     select todos by ``owner`` alone leave it out with ``TODOS_ONLY``."""
-    return {"_id": f"count:{owner}", "owner": owner}
+    return {"_id": f"{COUNTER_PREFIX}{owner}", "owner": owner}
+
+
+def _unguarded() -> dict[str, Any]:
+    """The filter of a counter no recount holds now."""
+    return {"recount_until": {"$not": {"$gt": utcnow()}}}
+
+
+def _held(counter: dict[str, Any] | None) -> bool:
+    held_until = counter.get("recount_until") if counter is not None else None
+    return held_until is not None and held_until > utcnow()
+
+
+async def _wait_for_recount(owner: ObjectId) -> None:
+    """After a counter's filter missed: wait a moment if a recount holds it, or give it
+    its ``owner`` if an earlier version wrote it without one."""
+    counter = await _todos().find_one(_counter(owner), {"recount_until": 1})
+    if counter is None:
+        await _adopt_counter(owner)
+    elif _held(counter):
+        await asyncio.sleep(RECOUNT_POLL_SECONDS)
+
+
+async def _counter_refuses(owner: ObjectId, quota: int) -> bool:
+    """Why a create's count missed: True for the quota; False to try again (a
+    recount held the counter, and has been waited for, or has just let it go;
+    or the counter has just been given its ``owner``). Raises ``OwnerDeleted``
+    for a closed counter."""
+    counter = await _todos().find_one(_counter(owner))
+    if counter is None:
+        return not await _adopt_counter(owner)
+    if counter.get("closed"):
+        raise OwnerDeleted
+    if _held(counter):
+        await asyncio.sleep(RECOUNT_POLL_SECONDS)
+        return False
+    return bool(counter.get("count", 0) >= quota)
 
 
 async def insert(todo: Todo, quota: int) -> None:
@@ -75,33 +123,36 @@ async def insert(todo: Todo, quota: int) -> None:
     owner = todo["owner"]
     # Both filters hold the whole shard key; its value (and _id) are set on insert.
     fields = {key: value for key, value in todo.items() if key not in {"_id", "owner"}}
-    try:
-        result = await _todos().bulk_write(
-            [
-                UpdateOne(
-                    {**_counter(owner), "count": {"$lt": quota}, "closed": {"$ne": True}},
-                    {"$inc": {"count": 1}},
-                    upsert=True,
-                ),
-                UpdateOne(
-                    {"_id": todo["_id"], "owner": owner}, {"$setOnInsert": fields}, upsert=True
-                ),
-            ],
-            ordered=True,
-        )
-    except BulkWriteError as error:
-        failure = error.details["writeErrors"][0]
-        if failure["index"] == 0 and failure["code"] == DUPLICATE_KEY:
-            counter = await _todos().find_one(_counter(owner), {"closed": 1})
-            if counter is None and await _adopt_counter(owner):
-                return await insert(todo, quota)
-            if counter is not None and counter.get("closed"):
-                raise OwnerDeleted from None
-            raise QuotaExceeded from None
-        if failure["code"] == DUPLICATE_KEY:  # two upserts of one _id raced
-            await _count(owner, -1)
-            raise DuplicateKeyError(failure.get("errmsg", "duplicate key")) from None
-        raise
+    while True:
+        counter_filter = {
+            **_counter(owner),
+            "count": {"$lt": quota},
+            "closed": {"$ne": True},
+            **_unguarded(),
+        }
+        try:
+            result = await _todos().bulk_write(
+                [
+                    UpdateOne(counter_filter, {"$inc": {"count": 1}}, upsert=True),
+                    UpdateOne(
+                        {"_id": todo["_id"], "owner": owner},
+                        {"$setOnInsert": fields},
+                        upsert=True,
+                    ),
+                ],
+                ordered=True,
+            )
+            break
+        except BulkWriteError as error:
+            failure = error.details["writeErrors"][0]
+            if failure["index"] == 0 and failure["code"] == DUPLICATE_KEY:
+                if await _counter_refuses(owner, quota):
+                    raise QuotaExceeded from None
+                continue
+            if failure["code"] == DUPLICATE_KEY:  # two upserts of one _id raced
+                await _count(owner, -1)
+                raise DuplicateKeyError(failure.get("errmsg", "duplicate key")) from None
+            raise
     if 1 not in result.upserted_ids:  # the todo's _id exists: give the count back
         await _count(owner, -1)
         raise DuplicateKeyError(f"a todo with _id {todo['_id']} exists")
@@ -117,8 +168,24 @@ async def _adopt_counter(owner: ObjectId) -> bool:
     return bool(result.modified_count == 1)
 
 
-async def _count(owner: ObjectId, change: int) -> None:
-    await _todos().update_one(_counter(owner), {"$inc": {"count": change}})
+async def _count(owner: ObjectId, change: int, deleting: int = 0) -> None:
+    changes = {"count": change, "deleting": deleting} if deleting else {"count": change}
+    await _todos().update_one(_counter(owner), {"$inc": changes})
+
+
+async def _begin_deleting(owner: ObjectId, change: int) -> None:
+    """Take ``change`` (zero or less) off the count and mark a delete in flight,
+    once no recount holds the counter."""
+    while True:
+        try:
+            await _todos().update_one(
+                {**_counter(owner), **_unguarded()},
+                {"$inc": {"count": change, "deleting": 1}},
+                upsert=True,
+            )
+            return
+        except DuplicateKeyError:  # the filter missed an existing counter
+            await _wait_for_recount(owner)
 
 
 async def find(owner: ObjectId, todo_id: ObjectId) -> Todo | None:
@@ -138,22 +205,33 @@ async def replace_fields(
 
 
 async def delete(owner: ObjectId, todo_id: ObjectId, versions: list[int] | None) -> bool:
-    """Delete the todo (only at one of ``versions`` when given); True if it went."""
+    """Delete the todo (only at one of ``versions`` when given); True if it went.
+
+    The count goes first (marked in flight), so a recount never sees the
+    todo gone while it is still counted; a todo that was not there gives it back.
+    """
     query: dict[str, Any] = {"_id": todo_id, "owner": owner}
     if versions is not None:
         query["version"] = {"$in": versions}
-    result = await _todos().delete_one(query)
-    if result.deleted_count != 1:
-        return False
-    await _count(owner, -1)
-    return True
+    await _begin_deleting(owner, -1)
+    deleted = False
+    try:
+        deleted = bool((await _todos().delete_one(query)).deleted_count == 1)
+    finally:
+        await _count(owner, 0 if deleted else 1, deleting=-1)
+    return deleted
 
 
 async def delete_completed(owner: ObjectId) -> int:
-    result = await _todos().delete_many({"owner": owner, "completed": True})
-    if result.deleted_count:
-        await _count(owner, -result.deleted_count)
-    return int(result.deleted_count)
+    """Delete the owner's completed todos; the count follows, marked in flight meanwhile."""
+    await _begin_deleting(owner, 0)
+    deleted = 0
+    try:
+        result = await _todos().delete_many({"owner": owner, "completed": True})
+        deleted = int(result.deleted_count)
+    finally:
+        await _count(owner, -deleted, deleting=-1)
+    return deleted
 
 
 async def delete_all_of(owner: ObjectId) -> int:
@@ -180,6 +258,85 @@ async def delete_all_of(owner: ObjectId) -> int:
         if deleted >= counted or loop.time() >= give_up_at:
             return deleted
         await asyncio.sleep(0.01)
+
+
+async def name_counter_owners() -> None:
+    """Give every counter an earlier version wrote without ``owner`` its owner."""
+    await _todos().update_many(
+        {"_id": {"$regex": f"^{COUNTER_PREFIX}"}, "owner": {"$exists": False}},
+        [{"$set": {"owner": {"$toObjectId": {"$substrCP": ["$_id", len(COUNTER_PREFIX), 24]}}}}],
+    )
+
+
+async def counted_owners() -> list[ObjectId]:
+    """Every owner with todos or an open counter: the owners a recount visits."""
+    grouped = await aggregate(_todos(), [{"$match": TODOS_ONLY}, {"$group": {"_id": "$owner"}}])
+    owners = {group["_id"] for group in grouped}
+    counters = _todos().find(
+        {"_id": {"$regex": f"^{COUNTER_PREFIX}"}, "closed": {"$ne": True}}, {"owner": 1}
+    )
+    async for counter in counters:
+        owners.add(counter["owner"])
+    return sorted(owners)
+
+
+async def hold_counters(owners: list[ObjectId], until: datetime) -> list[ObjectId]:
+    """Hold the owners' counters for a recount until ``until``; return those held.
+
+    A counter is made (count 0) for an owner without one; closed counters (a
+    deleted account's) are left alone. Every counter names its owner by now
+    (``name_counter_owners`` runs first).
+    """
+    requests = [
+        UpdateOne(
+            {**_counter(owner), "closed": {"$ne": True}},
+            {"$set": {"recount_until": until}, "$setOnInsert": {"count": 0}},
+            upsert=True,
+        )
+        for owner in owners
+    ]
+    skipped: set[int] = set()
+    try:
+        await _todos().bulk_write(requests, ordered=False)
+    except BulkWriteError as error:
+        for failure in error.details["writeErrors"]:
+            if failure["code"] != DUPLICATE_KEY:
+                raise
+            skipped.add(failure["index"])
+    return [owner for index, owner in enumerate(owners) if index not in skipped]
+
+
+async def wait_for_deletes(owners: list[ObjectId], give_up_at: datetime) -> None:
+    """Wait until no delete is in flight for ``owners`` (started before the hold).
+
+    A delete marks itself and unmarks within its request's budget; a mark
+    still there at ``give_up_at`` belongs to a request that died, and is cleared.
+    """
+    ids = [_counter(owner)["_id"] for owner in owners]
+    in_flight = {"_id": {"$in": ids}, "deleting": {"$gt": 0}}
+    while await _todos().find_one(in_flight, {"_id": 1}) is not None:
+        if utcnow() >= give_up_at:
+            await _todos().update_many(in_flight, {"$set": {"deleting": 0}})
+            return
+        await asyncio.sleep(RECOUNT_POLL_SECONDS)
+
+
+async def recount_held(owner: ObjectId, until: datetime) -> bool:
+    """Set a held counter to the owner's todos and release it; False if the hold was lost."""
+    stored = await _todos().count_documents({"owner": owner, **TODOS_ONLY})
+    result = await _todos().update_one(
+        {**_counter(owner), "recount_until": until},
+        {"$set": {"count": stored}, "$unset": {"recount_until": ""}},
+    )
+    return bool(result.matched_count == 1)
+
+
+async def release_counters(owners: list[ObjectId], until: datetime) -> None:
+    """Release whatever hold of ``until`` is left on the owners' counters."""
+    await _todos().update_many(
+        {"_id": {"$in": [_counter(owner)["_id"] for owner in owners]}, "recount_until": until},
+        {"$unset": {"recount_until": ""}},
+    )
 
 
 def list_pipeline(

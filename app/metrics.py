@@ -1,0 +1,338 @@
+"""Prometheus metrics: what every worker counts, and ``GET /metrics``.
+
+Under hypercorn each worker is its own process, so the numbers of one worker
+say little. prometheus-client's multiprocess mode has every worker write its
+values to memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``; a scrape of
+any worker reads them all and answers for the whole server. The library
+picks that mode when it is imported, so the directory must be in the
+environment before any worker imports it: the hypercorn master prepares it
+(``app/serving.py``), and the spawned workers inherit it. Without it (the
+test client, a single process) each app counts in its own registry.
+
+Recording must stay cheap: it runs on every request and database command.
+Each labelled series is looked up once and kept (``labels()`` validates
+and locks on every call); what remains per request is a few memory writes.
+"""
+
+from __future__ import annotations
+
+import glob
+import hmac
+import logging
+import os
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from pymongo import monitoring
+from quart import Quart, current_app
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "todo_api"
+#: Seconds. The latency objective (docs/operations.md) sits on a bucket bound.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DATABASE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Methods outside this set share one label: a client chooses the method.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The route label of every request no route matched (404s, 405s): one series, not one per path.
+UNMATCHED = "unmatched"
+#: Commands whose first value is not the collection's name.
+COLLECTION_FIELD = {"getMore": "collection"}
+#: Pending command starts kept at most (a command that never ends must not grow the map).
+MAX_PENDING_COMMANDS = 10_000
+LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+
+
+def multiprocess_mode() -> bool:
+    """Whether prometheus-client chose its multiprocess values at import."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
+
+
+@dataclass(eq=False)
+class MetricSet:
+    """One app's metrics and the cached series of its hottest ones."""
+
+    registry: CollectorRegistry
+    requests: Histogram
+    database_commands: Histogram
+    database_failures: Counter
+    database_writable: Gauge
+    database_unavailable: Counter
+    deadline_exceeded: Counter
+    event_streams_open: Gauge
+    events_delivered: Counter
+    event_streams_dropped: Counter
+    change_stream_lag: Gauge
+    change_stream_interruptions: Counter
+    rate_limit_refusals: Counter
+    login_failures: Counter
+    idempotent_replays: Counter
+    build_info: Gauge
+    _request_series: dict[tuple[str, str, int], Any] = field(default_factory=dict)
+    _command_series: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.delivered_live = self.events_delivered.labels("live")
+        self.delivered_replay = self.events_delivered.labels("replay")
+
+    @classmethod
+    def create(cls) -> MetricSet:
+        registry = CollectorRegistry(auto_describe=False)
+
+        def counter(name: str, text: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(f"{PREFIX}_{name}", text, labels, registry=registry)
+
+        def gauge(name: str, text: str, mode: Any, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(
+                f"{PREFIX}_{name}", text, labels, registry=registry, multiprocess_mode=mode
+            )
+
+        return cls(
+            registry=registry,
+            requests=Histogram(
+                f"{PREFIX}_http_request_duration_seconds",
+                "HTTP requests by method, route template and status: time to the response "
+                "head (an event stream's first byte); _count is the number of requests.",
+                ("method", "route", "status"),
+                registry=registry,
+                buckets=REQUEST_BUCKETS,
+            ),
+            database_commands=Histogram(
+                f"{PREFIX}_database_command_duration_seconds",
+                "MongoDB commands by command name and collection, as the driver timed them.",
+                ("command", "collection"),
+                registry=registry,
+                buckets=DATABASE_BUCKETS,
+            ),
+            database_failures=counter(
+                "database_command_failures",
+                "MongoDB commands that failed (server errors and network errors).",
+                ("command", "collection"),
+            ),
+            database_writable=gauge(
+                "database_writable",
+                "1 while the driver sees a writable MongoDB server (a primary), else 0; "
+                "the minimum over the live workers.",
+                "livemin",
+            ),
+            database_unavailable=counter(
+                "database_unavailable",
+                "Requests answered 503 because MongoDB could not be reached in time.",
+            ),
+            deadline_exceeded=counter(
+                "request_deadline_exceeded",
+                "Requests answered 503 because their database budget "
+                "(REQUEST_DEADLINE_MS) was spent.",
+            ),
+            event_streams_open=gauge(
+                "event_streams_open", "Open live-update event streams.", "livesum"
+            ),
+            events_delivered=counter(
+                "events_delivered",
+                "Todo change events written to event streams (live, or replayed after "
+                "Last-Event-ID).",
+                ("phase",),
+            ),
+            event_streams_dropped=counter(
+                "event_streams_dropped",
+                "Event streams cut because the client stopped reading (its queue filled up).",
+            ),
+            change_stream_lag=gauge(
+                "change_stream_lag_seconds",
+                "How far behind the database's history each worker's change stream was at "
+                "its last change (0 once caught up); the maximum over the live workers.",
+                "livemax",
+            ),
+            change_stream_interruptions=counter(
+                "change_stream_interruptions",
+                "Times a worker's change stream ended and was reopened, by reason.",
+                ("reason",),
+            ),
+            rate_limit_refusals=counter(
+                "rate_limit_refusals", "Requests refused 429 by rate-limit rule.", ("rule",)
+            ),
+            login_failures=counter(
+                "login_failures", "Logins refused for a wrong username or password."
+            ),
+            idempotent_replays=counter(
+                "idempotent_replays",
+                "Creates answered from an earlier request with the same Idempotency-Key.",
+            ),
+            build_info=gauge(
+                "build_info",
+                "Always 1; the labels say what runs: version, driver, environment, Python.",
+                "max",
+                ("version", "driver", "app_env", "python"),
+            ),
+        )
+
+    # -- the hot paths ------------------------------------------------------
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        series = self._request_series.get(key)
+        if series is None:
+            label = method if method in KNOWN_METHODS else "other"
+            series = self.requests.labels(label, route, str(status))
+            self._request_series[key] = series
+        series.observe(seconds)
+
+    def observe_command(self, command: str, collection: str, seconds: float) -> None:
+        key = (command, collection)
+        series = self._command_series.get(key)
+        if series is None:
+            series = self.database_commands.labels(command, collection)
+            self._command_series[key] = series
+        series.observe(seconds)
+
+
+class CommandMetrics(monitoring.CommandListener):
+    """Times every MongoDB command by name and collection (PyMongo's and Motor's clients).
+
+    The collection is known only when the command starts, the duration only
+    when it ends: the start keeps the collection under the request id until
+    then. Motor calls this from its worker threads; each step here is one
+    dict operation, which the GIL makes atomic.
+    """
+
+    def __init__(self, metric_set: MetricSet) -> None:
+        self._metrics = metric_set
+        self._collections: dict[int, str] = {}
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        name = event.command_name
+        target = event.command.get(COLLECTION_FIELD.get(name, name))
+        if len(self._collections) >= MAX_PENDING_COMMANDS:
+            self._collections.clear()
+        self._collections[event.request_id] = target if isinstance(target, str) else ""
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        collection = self._collections.pop(event.request_id, "")
+        self._metrics.observe_command(
+            event.command_name, collection, event.duration_micros / 1_000_000
+        )
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        collection = self._collections.pop(event.request_id, "")
+        self._metrics.observe_command(
+            event.command_name, collection, event.duration_micros / 1_000_000
+        )
+        self._metrics.database_failures.labels(event.command_name, collection).inc()
+
+
+class TopologyMetrics(monitoring.TopologyListener):
+    """Sets ``database_writable`` whenever the driver's view of the servers changes."""
+
+    def __init__(self, metric_set: MetricSet) -> None:
+        self._writable = metric_set.database_writable
+
+    def opened(self, event: monitoring.TopologyOpenedEvent) -> None:
+        self._writable.set(0)
+
+    def description_changed(self, event: monitoring.TopologyDescriptionChangedEvent) -> None:
+        self._writable.set(1 if event.new_description.has_writable_server() else 0)
+
+    def closed(self, event: monitoring.TopologyClosedEvent) -> None:
+        """Nothing to record: the worker is stopping."""
+
+
+def current() -> MetricSet:
+    """The metrics of the app serving this request."""
+    metric_set: MetricSet = current_app.extensions["metrics"]
+    return metric_set
+
+
+def count(pick: Callable[[MetricSet], Counter]) -> None:
+    """Add one to the current app's counter ``pick`` chooses (for the rare events)."""
+    pick(current()).inc()
+
+
+def count_refusal(rule: str) -> None:
+    current().rate_limit_refusals.labels(rule).inc()
+
+
+def forget_dead_workers(directory: str) -> None:
+    """Drop the live gauges of workers that are gone (a crash never says so itself)."""
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        match = LIVE_GAUGE_FILE.fullmatch(os.path.basename(path))
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def exposition(metric_set: MetricSet) -> bytes:
+    """The text format: every worker's numbers in multiprocess mode, else this app's."""
+    if multiprocess_mode():
+        registry = CollectorRegistry(auto_describe=False)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(metric_set.registry)
+
+
+def authorised(config: Any, authorization: str) -> bool | None:
+    """Whether a scrape may read the metrics; None when the endpoint is off.
+
+    With ``METRICS_TOKEN`` set, only ``Authorization: Bearer <that token>``
+    (compared in constant time). Without it, production has no endpoint at
+    all and other environments leave it open.
+    """
+    token: str | None = config["METRICS_TOKEN"]
+    if not token:
+        return None if config["APP_ENV"] == "production" else True
+    scheme, _, offered = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        offered.strip().encode(), token.encode()
+    )
+
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The extension: ``init_app`` gives the app its metric set and the listeners' hooks."""
+
+    def init_app(self, app: Quart, version: str) -> None:
+        metric_set = MetricSet.create()
+        app.extensions["metrics"] = metric_set
+        metric_set.build_info.labels(
+            version, app.config["MONGO_DRIVER"], app.config["APP_ENV"], platform.python_version()
+        ).set(1)
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if multiprocess_mode() and directory:
+            app.before_serving(lambda: _forget_dead_workers_async(directory))
+            app.after_serving(lambda: _leave(directory))
+        elif app.config["APP_ENV"] == "production":
+            logger.warning(
+                "metrics cover this worker only: start the server with hypercorn_conf.py, "
+                "which sets PROMETHEUS_MULTIPROC_DIR for every worker"
+            )
+
+    @staticmethod
+    def listeners(app: Quart) -> list[monitoring._EventListener]:
+        """The driver listeners that feed ``app``'s metrics (given to each new client)."""
+        metric_set: MetricSet = app.extensions["metrics"]
+        return [CommandMetrics(metric_set), TopologyMetrics(metric_set)]
+
+
+async def _forget_dead_workers_async(directory: str) -> None:
+    forget_dead_workers(directory)
+
+
+async def _leave(directory: str) -> None:
+    """A worker that stops cleanly takes its live gauges (open streams, lag) with it."""
+    multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
