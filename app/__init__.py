@@ -14,7 +14,7 @@ from config import DEFAULT_INSTANCE_PATH, ConfigError, check_production_settings
 from . import cli, errors, hooks, live, migrations, security
 from .api import auth, docs, events, health, index, todos
 from .api import metrics as metrics_api
-from .extensions import API_INFO, jwt, metrics, mongo, passwords, schema
+from .extensions import API_INFO, jwt, mongo, passwords, prometheus, schema
 from .json_provider import OrjsonProvider
 from .logs import configure_logging
 
@@ -44,7 +44,7 @@ async def create_app(
 
     schema.init_app(app)
     app.json = OrjsonProvider(app)  # after quart-schema, which installs its own
-    metrics.init_app(app, str(API_INFO["version"]))
+    prometheus.init_app(app, str(API_INFO["version"]))
     live.init_app(app)  # before mongo: its streams end before the client closes
     mongo.init_app(app)
     migrations.init_app(app)  # after mongo: it needs the client at start

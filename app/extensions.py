@@ -24,7 +24,7 @@ API_INFO = {
 }
 
 mongo = Mongo()
-metrics = Metrics()
+prometheus = Metrics()
 jwt = JWTManager()
 schema = QuartSchema(
     info=API_INFO,

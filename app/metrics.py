@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -300,7 +300,8 @@ def authorised(config: Any, authorization: str) -> bool | None:
     )
 
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The classic text format, which every Prometheus version reads (the names are ASCII).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
 class Metrics:

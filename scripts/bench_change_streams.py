@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from bson import ObjectId
 from pymongo import AsyncMongoClient, UpdateOne, monitoring
 
-from app.db import COLLECTION_OPTIONS
+from app.migrations.schema import COLLECTION_OPTIONS
 from app.embedded_db import EmbeddedDatabase
 from app.stores.changes import MAX_AWAIT_MS, PIPELINE
 from scripts.devserver import process_tree_cpu_seconds
