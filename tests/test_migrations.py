@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -15,10 +16,11 @@ from quart import Quart
 
 from app import create_app, migrations
 from app.clock import utcnow
+from app.embedded_db import EmbeddedDatabase, free_port
 from app.extensions import mongo
 from app.migrations import Migration, UpgradeBusy, schema
 from app.stores.todos import due_key
-from scripts.devserver import ROOT
+from scripts.devserver import ROOT, start_hypercorn, stop
 from tests.conftest import Api
 
 RECOUNT = "0001-recount-todo-counters"
@@ -242,3 +244,31 @@ def test_the_command_without_a_database_says_so_in_one_line() -> None:
     assert result.returncode == 78
     assert result.stderr.strip().count("\n") == 0
     assert "MONGO_URI" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_worker_refuses_an_older_schema_once_the_database_answers() -> None:
+    """The master could not check (no database yet): the worker checks when it can."""
+    database = EmbeddedDatabase(":memory:")
+    env = {
+        "APP_ENV": "production",
+        "MONGO_URI": database.uri,
+        "MONGO_DB": "not_upgraded",
+        "JWT_SECRET_KEY": "3f9a0c7e51b24d68a1e0f5c2b7d94e3a6c1f8b05",
+        "MONGO_SERVER_SELECTION_TIMEOUT_MS": "500",
+    }
+    server = start_hypercorn(free_port(), env, workers=1)
+    try:
+        deadline = time.monotonic() + 30
+        while "Running on" not in server.output():
+            assert time.monotonic() < deadline and server.poll() is None, server.output()
+            time.sleep(0.1)
+        assert "the workers check the schema when it answers" in server.output()
+        database.start()
+        server.wait(timeout=30)
+    finally:
+        stop(server)
+        database.stop()
+    [line] = [line for line in server.output().splitlines() if "refusing to start" in line]
+    assert "python -m app db upgrade" in line
+    assert "Traceback" not in server.output()
