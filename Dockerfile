@@ -24,4 +24,8 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"]
 STOPSIGNAL SIGTERM
 # Exec form: hypercorn runs as PID 1 and receives SIGTERM itself (graceful stop).
+# It refuses (exit 75) a database whose schema is older than this image: run the
+# release step first, once per release, with the same settings (compose.yaml's
+# migrate service; a Kubernetes Job):
+#   docker run --rm -e MONGO_URI=... -e JWT_SECRET_KEY=... IMAGE python -m app db upgrade
 CMD ["hypercorn", "--config", "file:hypercorn_conf.py", "asgi:app"]
