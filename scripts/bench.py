@@ -69,6 +69,7 @@ from scripts.devserver import (
     process_tree_cpu_seconds,
     start_hypercorn,
     stop_group,
+    upgrade_schema,
     wait_ready,
 )
 
@@ -414,6 +415,7 @@ def start_targets(
         "TODOS_PER_USER": "10000000",
         "WEB_CONCURRENCY": str(args.workers),
     }
+    upgrade_schema(production)  # the release step: production refuses an older schema
     targets = []
     if "floor" in kinds:
         port = free_port()

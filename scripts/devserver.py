@@ -82,6 +82,21 @@ def start_hypercorn(
     )
 
 
+def upgrade_schema(env: dict[str, str]) -> None:
+    """``python -m app db upgrade`` with ``env``: the release step a production server
+    needs first (it refuses an older schema; development and testing upgrade by themselves)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "db", "upgrade"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"db upgrade failed ({result.returncode}): {result.stderr}")
+
+
 def call(
     port: int,
     method: str,
@@ -197,16 +212,15 @@ def running_server(
     database = EmbeddedDatabase(":memory:")
     database.start()
     port = free_port()
-    server = start_hypercorn(
-        port,
-        {
-            "APP_ENV": "testing",
-            "MONGO_URI": database.uri,
-            "JWT_SECRET_KEY": secrets.token_hex(32),
-            **(env or {}),
-        },
-        workers,
-    )
+    settings = {
+        "APP_ENV": "testing",
+        "MONGO_URI": database.uri,
+        "JWT_SECRET_KEY": secrets.token_hex(32),
+        **(env or {}),
+    }
+    if settings["APP_ENV"] == "production":
+        upgrade_schema(settings)
+    server = start_hypercorn(port, settings, workers)
     try:
         wait_ready(port, server)
         yield port, server
