@@ -2,7 +2,8 @@
 
 Loading this file (``hypercorn --config file:hypercorn_conf.py asgi:app``)
 runs in hypercorn's master process before any worker starts: it refuses an
-unsafe production setup with a non-zero exit, and starts the embedded
+unsafe production setup or an older database schema with a non-zero exit,
+prepares the metrics directory the workers share, and starts the embedded
 database when no MONGO_URI is set (development only). Command-line flags
 (``--bind``, ``--workers``) override the values below.
 """

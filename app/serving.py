@@ -14,6 +14,7 @@ cause and the fix, and an exit status of its own; never a traceback:
 - ``EXIT_SCHEMA_BEHIND`` (65): in production, the database's schema is older than
   this version (run ``python -m app db upgrade`` first);
 - ``EXIT_ADDRESS_IN_USE`` (69): another program listens on the address to serve on;
+- ``EXIT_CANNOT_CREATE`` (73): the metrics directory cannot be prepared;
 - ``EXIT_DATA_FOLDER_IN_USE`` (75): another server uses the embedded database's folder;
 - ``EXIT_CONFIG_REFUSED`` (78): a setting is missing or unsafe.
 """
@@ -47,6 +48,7 @@ logger = logging.getLogger("app.serving")
 # Status codes from sysexits.h, one per cause, so that scripts can tell them apart.
 EXIT_SCHEMA_BEHIND = migrations.EXIT_SCHEMA_BEHIND  # 65, EX_DATAERR: upgrade, then start again
 EXIT_ADDRESS_IN_USE = 69  # EX_UNAVAILABLE
+EXIT_CANNOT_CREATE = 73  # EX_CANTCREAT: the metrics directory
 EXIT_DATA_FOLDER_IN_USE = 75  # EX_TEMPFAIL: it works once the other server has stopped
 EXIT_CONFIG_REFUSED = 78  # EX_CONFIG
 
@@ -72,7 +74,14 @@ def prepare_to_serve() -> None:
             "instance/config.py (docs/configuration.md lists every setting).",
         )
     check_schema(settings)
-    prepare_metrics_directory()
+    try:
+        prepare_metrics_directory()
+    except OSError as error:
+        fail(
+            EXIT_CANNOT_CREATE,
+            f"cannot start: the metrics directory (PROMETHEUS_MULTIPROC_DIR) cannot be "
+            f"prepared: {error}. Point PROMETHEUS_MULTIPROC_DIR at a writable folder.",
+        )
     database = None
     if not settings["MONGO_URI"]:
         database = start_embedded_database(settings["EMBEDDED_DB_PATH"])

@@ -214,3 +214,16 @@ def test_production_refuses_an_older_schema_then_serves_metrics_to_the_token_onl
         finally:
             output = stop(server)
         assert "refusing" not in output
+
+
+def test_an_unusable_metrics_directory_refuses_to_start_in_one_line(
+    server_env: dict[str, str],
+) -> None:
+    env = {**server_env, "PROMETHEUS_MULTIPROC_DIR": "/proc/todo-api-metrics"}
+    server = start_hypercorn(free_port(), env, workers=2)
+    server.wait(timeout=60)
+    output = server.output()
+    assert server.returncode == 73, output
+    [line] = [line for line in output.splitlines() if "refusing to start" in line]
+    assert "PROMETHEUS_MULTIPROC_DIR" in line
+    assert "Traceback" not in output and "Running on" not in output
