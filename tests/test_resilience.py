@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,21 @@ from app import create_app
 from app.embedded_db import EmbeddedDatabase
 
 pytestmark = pytest.mark.slow
+
+
+async def counter(client: Any, name: str) -> float:
+    """One counter's value from ``/metrics``."""
+    exposition = await (await client.get("/metrics")).get_data(as_text=True)
+    match = re.search(rf"^{name} (\S+)$", exposition, re.MULTILINE)
+    assert match is not None, name
+    return float(match.group(1))
+
+
+async def database_503s(client: Any) -> float:
+    """Requests answered 503 for the database: unreachable, or the budget spent first."""
+    return await counter(client, "todo_api_database_unavailable_total") + await counter(
+        client, "todo_api_request_deadline_exceeded_total"
+    )
 
 
 @pytest.fixture
@@ -45,6 +61,9 @@ async def test_outage_gives_fast_503_then_recovers(
         assert (await response.get_json())["code"] == "service_unavailable"
         assert time.monotonic() - started < 3
         assert (await client.get("/readyz")).status_code == 503
+
+        # The login's 503: the driver's own bound, or the request's deadline, came first.
+        assert await database_503s(client) == 1
 
         own_database.start()  # same port; an in-memory server comes back empty
         for _ in range(50):
@@ -90,9 +109,12 @@ async def test_outage_is_bounded_by_the_request_deadline(
                 assert response.status_code == 503
                 assert response.headers["Retry-After"] == "1"
                 assert (await response.get_json())["code"] == "service_unavailable"
+        assert await database_503s(client) == 3
+        deadlines = await counter(client, "todo_api_request_deadline_exceeded_total")
         own_database.start()  # so that closing the client need not wait out its bounds
         logging.getLogger("app.db").removeHandler(caplog.handler)
     assert "request deadline spent" in caplog.messages
+    assert deadlines == caplog.messages.count("request deadline spent")
 
 
 async def test_readiness_answers_its_own_503_within_a_short_budget(
