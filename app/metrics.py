@@ -315,8 +315,16 @@ class Metrics:
         ).set(1)
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if multiprocess_mode() and directory:
-            app.before_serving(lambda: _forget_dead_workers_async(directory))
-            app.after_serving(lambda: _leave(directory))
+
+            async def forget_dead_workers_at_start() -> None:
+                forget_dead_workers(directory)
+
+            async def leave() -> None:
+                """A worker that stops cleanly takes its live gauges (open streams, lag) along."""
+                multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+            app.before_serving(forget_dead_workers_at_start)
+            app.after_serving(leave)
         elif app.config["APP_ENV"] == "production":
             logger.warning(
                 "metrics cover this worker only: start the server with hypercorn_conf.py, "
@@ -328,12 +336,3 @@ class Metrics:
         """The driver listeners that feed ``app``'s metrics (given to each new client)."""
         metric_set: MetricSet = app.extensions["metrics"]
         return [CommandMetrics(metric_set), TopologyMetrics(metric_set)]
-
-
-async def _forget_dead_workers_async(directory: str) -> None:
-    forget_dead_workers(directory)
-
-
-async def _leave(directory: str) -> None:
-    """A worker that stops cleanly takes its live gauges (open streams, lag) with it."""
-    multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -232,3 +233,15 @@ async def test_login_password_never_reaches_a_label(api: Api, client: Any) -> No
     await client.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD})
     text = await (await client.get("/metrics")).get_data(as_text=True)
     assert PASSWORD not in text
+
+
+def test_a_crashed_workers_live_gauges_are_forgotten(tmp_path: Any) -> None:
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    for name in (f"gauge_livesum_{dead}.db", f"gauge_livemax_{dead}.db", f"counter_{dead}.db"):
+        (tmp_path / name).write_bytes(b"")
+    mine = tmp_path / f"gauge_livesum_{os.getpid()}.db"
+    mine.write_bytes(b"")
+    metrics.forget_dead_workers(str(tmp_path))
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [f"counter_{dead}.db", mine.name]  # counts stay: totals never go backwards
+    )

@@ -134,6 +134,9 @@ def test_counts_add_up_across_workers_and_ids_share_one_route(
         )  # any worker answers the scrape with the same sum
     finally:
         stop(server)
+    # Workers that stopped cleanly took their live gauges along; their counts stay.
+    assert not list(directory.glob("gauge_live*.db"))
+    assert len(list(directory.glob("histogram_*.db"))) == 2
 
 
 def test_open_streams_and_delivered_events_across_workers(server_env: dict[str, str]) -> None:
