@@ -10,18 +10,25 @@ environment before any worker imports it: the hypercorn master prepares it
 test client, a single process) each app counts in its own registry.
 
 Recording must stay cheap: it runs on every request and database command.
-Each labelled series is looked up once and kept (``labels()`` validates
-and locks on every call); what remains per request is a few memory writes.
+The two histograms those feed are buffered: an observation adds to a few
+numbers of this process (under a lock, as Motor's listener calls come from
+its threads), and a task adds them to the shared values once a second, and
+before this worker answers a scrape. A scrape may therefore miss the last
+second of another worker; the rare events' counters are written at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import glob
 import hmac
 import logging
 import os
 import platform
 import re
+import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +61,42 @@ COLLECTION_FIELD = {"getMore": "collection"}
 #: Pending command starts kept at most (a command that never ends must not grow the map).
 MAX_PENDING_COMMANDS = 10_000
 LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+_(\d+)\.db")
+#: How often a worker adds its buffered observations to the shared values.
+FLUSH_SECONDS = 1.0
+
+
+class BufferedSeries:
+    """One labelled histogram series whose observations wait in this process.
+
+    ``flush`` adds them to the series' shared values in one go: one write per
+    bucket that changed and one for the sum, where ``observe`` on the series
+    writes two memory-mapped values (under the library's lock) every time.
+    """
+
+    __slots__ = ("_bounds", "_counts", "_lock", "_series", "_sum")
+
+    def __init__(self, series: Any) -> None:
+        self._series = series
+        self._bounds: list[float] = series._upper_bounds
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self._counts[bisect_left(self._bounds, seconds)] += 1  # the first bound >= seconds
+            self._sum += seconds
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, [0] * len(self._bounds)
+            total, self._sum = self._sum, 0.0
+        if not any(counts):
+            return
+        self._series._sum.inc(total)
+        for bucket, count in zip(self._series._buckets, counts, strict=True):
+            if count:
+                bucket.inc(count)
 
 
 def multiprocess_mode() -> bool:
@@ -81,8 +124,10 @@ class MetricSet:
     login_failures: Counter
     idempotent_replays: Counter
     build_info: Gauge
-    _request_series: dict[tuple[str, str, int], Any] = field(default_factory=dict)
-    _command_series: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _request_series: dict[tuple[str, str, int], BufferedSeries] = field(default_factory=dict)
+    _command_series: dict[tuple[str, str], BufferedSeries] = field(default_factory=dict)
+    _flusher: asyncio.Task[None] | None = None
+    _adding: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.delivered_live = self.events_delivered.labels("live")
@@ -186,7 +231,7 @@ class MetricSet:
         series = self._request_series.get(key)
         if series is None:
             label = method if method in KNOWN_METHODS else "other"
-            series = self.requests.labels(label, route, str(status))
+            series = BufferedSeries(self.requests.labels(label, route, str(status)))
             self._request_series[key] = series
         series.observe(seconds)
 
@@ -194,9 +239,33 @@ class MetricSet:
         key = (command, collection)
         series = self._command_series.get(key)
         if series is None:
-            series = self.database_commands.labels(command, collection)
-            self._command_series[key] = series
+            with self._adding:  # Motor's threads may meet a new series together
+                series = self._command_series.get(key)
+                if series is None:
+                    series = BufferedSeries(self.database_commands.labels(command, collection))
+                    # A new dict: a flush iterating the old one never sees it change.
+                    self._command_series = {**self._command_series, key: series}
         series.observe(seconds)
+
+    def flush(self) -> None:
+        """Add every buffered observation to the shared values."""
+        for series in [*self._request_series.values(), *self._command_series.values()]:
+            series.flush()
+
+    async def _flush_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            self.flush()
+
+    async def start_flushing(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_every_second())
+
+    async def stop_flushing(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        self.flush()
 
 
 class CommandMetrics(monitoring.CommandListener):
@@ -277,6 +346,7 @@ def forget_dead_workers(directory: str) -> None:
 
 def exposition(metric_set: MetricSet) -> bytes:
     """The text format: every worker's numbers in multiprocess mode, else this app's."""
+    metric_set.flush()
     if multiprocess_mode():
         registry = CollectorRegistry(auto_describe=False)
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -313,6 +383,8 @@ class Metrics:
         metric_set.build_info.labels(
             version, app.config["MONGO_DRIVER"], app.config["APP_ENV"], platform.python_version()
         ).set(1)
+        app.before_serving(metric_set.start_flushing)
+        app.after_serving(metric_set.stop_flushing)
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if multiprocess_mode() and directory:
 

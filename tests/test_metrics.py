@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from quart import Quart
 
@@ -245,3 +246,24 @@ def test_a_crashed_workers_live_gauges_are_forgotten(tmp_path: Any) -> None:
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
         [f"counter_{dead}.db", mine.name]  # counts stay: totals never go backwards
     )
+
+
+def test_buffered_observations_land_in_the_buckets_observe_would_choose() -> None:
+    def histogram(registry: CollectorRegistry) -> Histogram:
+        return Histogram("h", "h", ("l",), registry=registry, buckets=metrics.REQUEST_BUCKETS)
+
+    direct, buffered = CollectorRegistry(), CollectorRegistry()
+    series = metrics.BufferedSeries(histogram(buffered).labels("x"))
+    reference = histogram(direct).labels("x")
+    for seconds in (0.0, 0.005, 0.0051, 0.25, 0.2500001, 9.99, 10.0, 10.5, 1e9):
+        series.observe(seconds)
+        reference.observe(seconds)
+    assert generate_latest(buffered) != generate_latest(direct)  # nothing shared yet
+    series.flush()
+    series.flush()  # an empty flush adds nothing
+    without_created = [
+        line for line in generate_latest(buffered).decode().splitlines() if "_created" not in line
+    ]
+    assert without_created == [
+        line for line in generate_latest(direct).decode().splitlines() if "_created" not in line
+    ]
