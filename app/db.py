@@ -268,6 +268,7 @@ class Mongo:
             async with asyncio.timeout(min(within_seconds, self.time_left() - 0.1)):
                 await state.database.command("ping")
         except (TimeoutError, PyMongoError):
+            metrics.current().database_reached(False)
             return False
         return True
 
@@ -276,5 +277,6 @@ class Mongo:
         if is_unavailable(error):
             logger.warning("database unavailable: %s", type(error).__name__)
             metrics.count(lambda m: m.database_unavailable)
+            metrics.current().database_reached(False)
             return problem_response(_unavailable())
         return await handle_unexpected(error)

@@ -112,7 +112,7 @@ class MetricSet:
     requests: Histogram
     database_commands: Histogram
     database_failures: Counter
-    database_writable: Gauge
+    database_up: Gauge
     database_unavailable: Counter
     deadline_exceeded: Counter
     event_streams_open: Gauge
@@ -128,6 +128,7 @@ class MetricSet:
     _command_series: dict[tuple[str, str], BufferedSeries] = field(default_factory=dict)
     _flusher: asyncio.Task[None] | None = None
     _adding: threading.Lock = field(default_factory=threading.Lock)
+    _database_up: bool | None = None
 
     def __post_init__(self) -> None:
         self.delivered_live = self.events_delivered.labels("live")
@@ -167,10 +168,10 @@ class MetricSet:
                 "MongoDB commands that failed (server errors and network errors).",
                 ("command", "collection"),
             ),
-            database_writable=gauge(
-                "database_writable",
-                "1 while the driver sees a writable MongoDB server (a primary), else 0; "
-                "the minimum over the live workers.",
+            database_up=gauge(
+                "database_up",
+                "1 while each worker's last database command or readiness ping succeeded, "
+                "0 after one could not reach MongoDB; the minimum over the live workers.",
                 "livemin",
             ),
             database_unavailable=counter(
@@ -247,6 +248,12 @@ class MetricSet:
                     self._command_series = {**self._command_series, key: series}
         series.observe(seconds)
 
+    def database_reached(self, reached: bool) -> None:
+        """Record whether MongoDB answered; the shared value is written only when it changes."""
+        if reached is not self._database_up:
+            self._database_up = reached
+            self.database_up.set(1 if reached else 0)
+
     def flush(self) -> None:
         """Add every buffered observation to the shared values."""
         for series in [*self._request_series.values(), *self._command_series.values()]:
@@ -293,6 +300,7 @@ class CommandMetrics(monitoring.CommandListener):
         self._metrics.observe_command(
             event.command_name, collection, event.duration_micros / 1_000_000
         )
+        self._metrics.database_reached(True)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         collection = self._collections.pop(event.request_id, "")
@@ -300,22 +308,6 @@ class CommandMetrics(monitoring.CommandListener):
             event.command_name, collection, event.duration_micros / 1_000_000
         )
         self._metrics.database_failures.labels(event.command_name, collection).inc()
-
-
-class TopologyMetrics(monitoring.TopologyListener):
-    """Sets ``database_writable`` whenever the driver's view of the servers changes."""
-
-    def __init__(self, metric_set: MetricSet) -> None:
-        self._writable = metric_set.database_writable
-
-    def opened(self, event: monitoring.TopologyOpenedEvent) -> None:
-        self._writable.set(0)
-
-    def description_changed(self, event: monitoring.TopologyDescriptionChangedEvent) -> None:
-        self._writable.set(1 if event.new_description.has_writable_server() else 0)
-
-    def closed(self, event: monitoring.TopologyClosedEvent) -> None:
-        """Nothing to record: the worker is stopping."""
 
 
 def current() -> MetricSet:
@@ -405,6 +397,12 @@ class Metrics:
 
     @staticmethod
     def listeners(app: Quart) -> list[monitoring._EventListener]:
-        """The driver listeners that feed ``app``'s metrics (given to each new client)."""
+        """The driver listener that feeds ``app``'s metrics (given to each new client).
+
+        A command listener only: with a topology or server listener, the
+        driver runs an events thread that Motor's ``close()`` waits up to a
+        second for, and hypercorn ends a worker's siblings as soon as the
+        first has stopped, cutting the slower one's shutdown short.
+        """
         metric_set: MetricSet = app.extensions["metrics"]
-        return [CommandMetrics(metric_set), TopologyMetrics(metric_set)]
+        return [CommandMetrics(metric_set)]

@@ -150,7 +150,7 @@ def test_the_deploy_folder_has_a_dashboard_and_rules_for_each_concern() -> None:
         "todo_api_http_request_duration_seconds_count",
         "todo_api_http_request_duration_seconds_bucket",
         "todo_api_database_command_duration_seconds_bucket",
-        "todo_api_database_writable",
+        "todo_api_database_up",
         "todo_api_event_streams_open",
         "todo_api_events_delivered_total",
         "todo_api_change_stream_lag_seconds",

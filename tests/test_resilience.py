@@ -64,6 +64,7 @@ async def test_outage_gives_fast_503_then_recovers(
 
         # The login's 503: the driver's own bound, or the request's deadline, came first.
         assert await database_503s(client) == 1
+        assert await counter(client, "todo_api_database_up") == 0
 
         own_database.start()  # same port; an in-memory server comes back empty
         for _ in range(50):
@@ -71,6 +72,7 @@ async def test_outage_gives_fast_503_then_recovers(
                 break
             await asyncio.sleep(0.1)
         assert (await client.get("/readyz")).status_code == 200
+        assert await counter(client, "todo_api_database_up") == 1
         response = await client.post("/api/v1/auth/register", json=credentials)
         assert response.status_code == 201
 
