@@ -57,6 +57,7 @@ SHARD_KEYS: dict[str, tuple[str, ...]] = {
     "stream_tickets": ("_id",),
 }
 
+
 async def aggregate(collection: Any, pipeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run ``pipeline`` and return every document: Motor's ``aggregate`` returns
     the cursor, PyMongo's async client a coroutine of it. ``to_list`` takes each

@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 from bson import ObjectId
 from pymongo import AsyncMongoClient, UpdateOne, monitoring
 
-from app.migrations.schema import COLLECTION_OPTIONS
 from app.embedded_db import EmbeddedDatabase
+from app.migrations.schema import COLLECTION_OPTIONS
 from app.stores.changes import MAX_AWAIT_MS, PIPELINE
 from scripts.devserver import process_tree_cpu_seconds
 

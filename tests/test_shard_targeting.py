@@ -24,7 +24,9 @@ from pymongo import monitoring
 from quart import Quart
 
 from app import create_app
-from app.db import COUNTERS_WITHOUT_OWNER, INDEXES, SHARD_KEYS
+from app.db import SHARD_KEYS
+from app.migrations.schema import INDEXES
+from app.stores.todos import COUNTERS_WITHOUT_OWNER, OPEN_COUNTERS, TODOS_ONLY
 from tests.conftest import PASSWORD, Api, bearer
 
 TODOS = "/api/v1/todos"
@@ -32,9 +34,12 @@ AUTH = "/api/v1/auth"
 
 #: Filters that may go to every shard, by (collection, command), and why.
 DELIBERATE_BROADCASTS: dict[tuple[str, str], list[dict[str, Any]]] = {
-    # Once per worker start, a no-op once done: counters an earlier version wrote
-    # get their owner. Which owners have such a counter is what it looks for.
+    # The upgrade's recount (app/migrations/recount.py), once per database: counters an
+    # earlier version wrote get their owner, and it finds every owner with todos or an
+    # open counter. Which owners those are is what it looks for.
     ("todos", "update"): [COUNTERS_WITHOUT_OWNER],
+    ("todos", "aggregate"): [TODOS_ONLY],
+    ("todos", "find"): [OPEN_COUNTERS],
 }
 
 #: Commands that carry no filter of their own (a cursor's next batch) or are not reads
@@ -282,8 +287,8 @@ async def test_a_counter_written_without_its_owner_is_adopted(
     api: Api, db: Any, settings: dict[str, Any]
 ) -> None:
     """Counters from before they carried ``owner``: a create adopts its owner's (an
-    earlier version may still write them during a rolling upgrade), and every
-    worker's start gives all of them their owner."""
+    earlier version may still write them during a rolling upgrade), and the
+    upgrade's recount gives all of them their owner."""
     headers = await api.headers("alice")
     assert (await api.client.post(TODOS, json={"title": "a"}, headers=headers)).status_code == 201
     counter_id = (await db["todos"].find_one({"_id": {"$regex": "^count:"}}))["_id"]
@@ -293,7 +298,8 @@ async def test_a_counter_written_without_its_owner_is_adopted(
     assert counter["count"] == 2 and str(counter["owner"]) == counter_id.removeprefix("count:")
 
     await db["todos"].update_one({"_id": counter_id}, {"$unset": {"owner": ""}})
-    restarted = await create_app(settings)
+    await db["schema_migrations"].delete_many({})  # a database of a version before
+    restarted = await create_app(settings)  # testing: it upgrades at start
     async with restarted.test_app():
         pass
     counter = await db["todos"].find_one({"_id": counter_id})

@@ -63,6 +63,10 @@ class OwnerDeleted(Exception):
 #: Todos only: their ids are ObjectIds, the quota counters' are strings.
 TODOS_ONLY = {"_id": {"$type": "objectId"}}
 COUNTER_PREFIX = "count:"
+#: Counters an earlier version wrote without ``owner``; every open counter (the
+#: recount's filters: each goes to every shard, once per upgrade).
+COUNTERS_WITHOUT_OWNER = {"_id": {"$regex": f"^{COUNTER_PREFIX}"}, "owner": {"$exists": False}}
+OPEN_COUNTERS = {"_id": {"$regex": f"^{COUNTER_PREFIX}"}, "closed": {"$ne": True}}
 
 
 def _counter(owner: ObjectId) -> dict[str, Any]:
@@ -98,8 +102,9 @@ async def _counter_refuses(owner: ObjectId, quota: int) -> bool:
     or the counter has just been given its ``owner``). Raises ``OwnerDeleted``
     for a closed counter."""
     counter = await _todos().find_one(_counter(owner))
-    if counter is None:
-        return not await _adopt_counter(owner)
+    if counter is None:  # written without its owner: adopted now (or by a concurrent create)
+        await _adopt_counter(owner)
+        return False
     if counter.get("closed"):
         raise OwnerDeleted
     if _held(counter):
@@ -263,7 +268,7 @@ async def delete_all_of(owner: ObjectId) -> int:
 async def name_counter_owners() -> None:
     """Give every counter an earlier version wrote without ``owner`` its owner."""
     await _todos().update_many(
-        {"_id": {"$regex": f"^{COUNTER_PREFIX}"}, "owner": {"$exists": False}},
+        COUNTERS_WITHOUT_OWNER,
         [{"$set": {"owner": {"$toObjectId": {"$substrCP": ["$_id", len(COUNTER_PREFIX), 24]}}}}],
     )
 
@@ -272,9 +277,7 @@ async def counted_owners() -> list[ObjectId]:
     """Every owner with todos or an open counter: the owners a recount visits."""
     grouped = await aggregate(_todos(), [{"$match": TODOS_ONLY}, {"$group": {"_id": "$owner"}}])
     owners = {group["_id"] for group in grouped}
-    counters = _todos().find(
-        {"_id": {"$regex": f"^{COUNTER_PREFIX}"}, "closed": {"$ne": True}}, {"owner": 1}
-    )
+    counters = _todos().find(OPEN_COUNTERS, {"owner": 1})
     async for counter in counters:
         owners.add(counter["owner"])
     return sorted(owners)
