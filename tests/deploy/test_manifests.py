@@ -211,8 +211,12 @@ def test_compose_publishes_only_the_proxy_in_front_of_its_replicas() -> None:
     services = compose["services"]
     published = {name for name, service in services.items() if service.get("ports")}
     assert published == {"proxy"}
-    apis = {name for name, service in services.items() if service.get("build") == "."}
+    built = {name for name, service in services.items() if service.get("build") == "."}
+    apis = {name for name in built if "command" not in services[name]}
     assert len(apis) == 2
+    # The release step: the image's `db upgrade`, once, before either replica starts.
+    assert services["migrate"]["command"] == ["python", "-m", "app", "db", "upgrade"]
+    assert not services["migrate"].get("ports")
     upstreams = set(re.findall(r"server (\S+):8000", (NGINX / "nginx.conf").read_text()))
     assert upstreams == apis
     proxy_address = services["proxy"]["networks"]["edge"]["ipv4_address"]
@@ -229,6 +233,9 @@ def test_compose_publishes_only_the_proxy_in_front_of_its_replicas() -> None:
         assert all(f"{mongo}:27017" in environment["MONGO_URI"] for mongo in mongos)
         assert "replicaSet=" in environment["MONGO_URI"]
         assert services[name]["depends_on"]["mongo-init"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert services[name]["depends_on"]["migrate"] == {
             "condition": "service_completed_successfully"
         }
 
