@@ -13,6 +13,8 @@ config file can refuse a bad production setup before any worker starts.
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import os
 import runpy
 import secrets
@@ -34,6 +36,18 @@ DEVELOPMENT_SECRETS = frozenset(
 )
 MIN_SECRET_BYTES = 32
 MIN_SECRET_DISTINCT_CHARACTERS = 10
+#: A secret in which a run of this many characters repeats, or this many
+#: consecutive characters ascend or descend (``0123456789``, ``abcdef``), was
+#: typed, not generated. A random 64-digit hex secret trips either by chance
+#: about twice in ten thousand.
+SECRET_PATTERN_LENGTH = 6
+#: Production ceilings on lifetimes (seconds); ``ALLOW_LONG_LIFETIMES`` lifts them.
+LIFETIME_CEILINGS = {
+    "JWT_ACCESS_TOKEN_EXPIRES": 24 * 3600,
+    "JWT_REFRESH_TOKEN_EXPIRES": 90 * 24 * 3600,
+    "SESSION_MAX_SECONDS": 365 * 24 * 3600,
+    "DEVICE_TOKEN_SECONDS": 2 * 365 * 24 * 3600,
+}
 #: Where development keeps its generated JWT secret, inside the instance folder.
 INSTANCE_SECRET_FILE = "jwt-secret"  # noqa: S105 (a file name)
 #: OWASP's argon2id minimums (Password Storage Cheat Sheet): (memory KiB, time cost)
@@ -51,6 +65,17 @@ POSITIVE_SETTINGS = (
     "LOGIN_FAILURES_PER_ADDRESS",
     "LOGIN_FAILURE_WINDOW_SECONDS",
     "REAUTH_FAILURES_PER_SESSION",
+    "REAUTH_FAILURES_PER_USER",
+    "LOGIN_FAILURES_PER_DEVICE",
+    "DEVICE_TOKEN_SECONDS",
+    "SESSION_MAX_SECONDS",
+    "PASSWORD_HASH_SLOTS",
+    "PASSWORD_HASH_WAIT_MS",
+    "USER_CONCURRENT_REQUESTS",
+    "LIST_SCAN_LIMIT",
+    "IDEMPOTENCY_KEYS_PER_USER",
+    "EVENTS_REPLAY_MAX_MINUTES",
+    "EVENTS_MAX_REPLAYS",
     "REGISTRATIONS_PER_ADDRESS",
     "REGISTRATION_WINDOW_SECONDS",
     "SESSIONS_PER_USER",
@@ -90,11 +115,16 @@ class BaseConfig:
     JWT_IDENTITY_CLAIM = "sub"
     JWT_ACCESS_TOKEN_EXPIRES = 900  # seconds
     JWT_REFRESH_TOKEN_EXPIRES = 30 * 24 * 3600  # seconds
+    SESSION_MAX_SECONDS = 90 * 24 * 3600  # a session's absolute end after its login
     SESSIONS_PER_USER = 50  # opening one more closes the least recently refreshed
+    DEVICE_TOKEN_SECONDS = 365 * 24 * 3600  # a known device's token (contract rule 10b)
+    ALLOW_LONG_LIFETIMES = False  # production refuses lifetimes above LIFETIME_CEILINGS
     # Password hashing (argon2id).
     ARGON2_TIME_COST = 3
     ARGON2_MEMORY_COST = 65536  # KiB
     ARGON2_PARALLELISM = 4
+    PASSWORD_HASH_SLOTS = 2  # hashes one process computes at once
+    PASSWORD_HASH_WAIT_MS = 500  # how long a request waits for a slot; then 503
     # Rate limits (counted in MongoDB, shared by every worker).
     LOGIN_ATTEMPTS_PER_ADDRESS = 30  # any outcome: each costs a password hash
     LOGIN_ATTEMPT_WINDOW_SECONDS = 60
@@ -103,13 +133,21 @@ class BaseConfig:
     LOGIN_FAILURES_PER_ADDRESS = 100  # across usernames: spraying
     LOGIN_FAILURE_WINDOW_SECONDS = 900
     REAUTH_FAILURES_PER_SESSION = 10  # wrong passwords on /auth/password, DELETE /auth/me
+    REAUTH_FAILURES_PER_USER = 20  # the same across all of a user's sessions
+    LOGIN_FAILURES_PER_DEVICE = 10  # failed logins with a known device's token
     REGISTRATIONS_PER_ADDRESS = 20
     REGISTRATION_WINDOW_SECONDS = 3600
     TRUSTED_PROXY_COUNT = 0
+    TRUSTED_PROXIES = ""  # comma-separated addresses or networks whose X-Forwarded-For counts
     # Storage quota (request rates belong to the proxy in front).
     TODOS_PER_USER = 10_000
+    IDEMPOTENCY_KEYS_PER_USER = 1000  # new Idempotency-Keys per user per key lifetime
+    # Fairness: one user's share of a process, and of a list request's work.
+    USER_CONCURRENT_REQUESTS = 4  # requests of one user a process serves at once; then 429
+    LIST_SCAN_LIMIT = 500  # todos one list page examines in sort order
     # HTTP.
     MAX_CONTENT_LENGTH = 65536
+    BODY_TIMEOUT = 10  # seconds a request body may take to arrive (Quart's setting)
     CORS_ORIGINS = ""  # comma-separated origins; empty: no CORS headers
     PROBLEM_TYPE_BASE = "https://todo-api.example.com/problems/"
     # Live updates (GET /api/v1/todos/events): per worker process.
@@ -118,6 +156,8 @@ class BaseConfig:
     EVENTS_QUEUE_SIZE = 256  # events a stream may lag behind before it is disconnected
     EVENTS_MAX_STREAMS_PER_USER = 10  # open streams per user per worker; then 429
     EVENTS_TICKET_SECONDS = 30  # lifetime of a single-use EventSource ticket
+    EVENTS_REPLAY_MAX_MINUTES = 60  # an older Last-Event-ID gets `reset`, no replay
+    EVENTS_MAX_REPLAYS = 4  # replays a worker runs at once; more get `reset`
     # Logging.
     LOG_LEVEL = "INFO"
     LOG_FORMAT = "text"  # or "json"
@@ -213,9 +253,42 @@ def load_settings(
     for key in POSITIVE_SETTINGS:
         if not isinstance(settings[key], int) or settings[key] <= 0:
             raise ConfigError(f"{key} must be a positive integer, got {settings[key]!r}")
+    trusted_networks(settings["TRUSTED_PROXIES"])  # refuses a malformed entry
+    if settings["TRUSTED_PROXY_COUNT"] > 0 and not settings["TRUSTED_PROXIES"].strip():
+        raise ConfigError(
+            "TRUSTED_PROXY_COUNT is set but TRUSTED_PROXIES is empty: name the proxies' "
+            "addresses (X-Forwarded-For is honoured only from them)"
+        )
     if app_env == "development" and not settings["JWT_SECRET_KEY"]:
         settings["JWT_SECRET_KEY"] = instance_secret(instance_path)
     return settings
+
+
+def trusted_networks(
+    setting: str,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``TRUSTED_PROXIES`` as networks (a bare address is a one-address network)."""
+    networks = []
+    for entry in setting.split(","):
+        if entry.strip():
+            try:
+                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"TRUSTED_PROXIES: {entry.strip()!r} is no address") from None
+    return tuple(networks)
+
+
+def looks_typed(secret: str) -> bool:
+    """True when ``secret`` repeats itself or runs through consecutive characters."""
+    n = SECRET_PATTERN_LENGTH
+    pieces = [secret[i : i + n] for i in range(len(secret) - n + 1)]
+    if len(set(pieces)) < len(pieces):
+        return True
+    for piece in pieces:
+        steps = {ord(b) - ord(a) for a, b in itertools.pairwise(piece)}
+        if steps in ({1}, {-1}):
+            return True
+    return False
 
 
 def instance_secret(instance_path: Path) -> str:
@@ -255,7 +328,7 @@ def check_production_settings(settings: Mapping[str, Any]) -> None:
         raise ConfigError(f"JWT_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes")
     if secret in DEVELOPMENT_SECRETS:
         raise ConfigError("JWT_SECRET_KEY is a development value; generate a new secret")
-    if len(set(secret)) < MIN_SECRET_DISTINCT_CHARACTERS:
+    if len(set(secret)) < MIN_SECRET_DISTINCT_CHARACTERS or looks_typed(secret):
         raise ConfigError(
             "JWT_SECRET_KEY is not random enough; generate one, e.g. `openssl rand -hex 32`"
         )
@@ -278,3 +351,13 @@ def check_production_settings(settings: Mapping[str, Any]) -> None:
             f"METRICS_TOKEN must be at least {MIN_SECRET_BYTES} bytes, without surrounding "
             "whitespace, e.g. `openssl rand -hex 32`"
         )
+    if "null" in (origin.lower() for origin in origins):
+        # Sandboxed frames and file: pages all send Origin: null; trusting it trusts them all.
+        raise ConfigError("CORS_ORIGINS must list origins; 'null' is refused in production")
+    if not settings["ALLOW_LONG_LIFETIMES"]:
+        for key, ceiling in LIFETIME_CEILINGS.items():
+            if settings[key] > ceiling:
+                raise ConfigError(
+                    f"{key} is above its ceiling of {ceiling} seconds; "
+                    "set ALLOW_LONG_LIFETIMES=true to allow it"
+                )

@@ -2,23 +2,34 @@
 
 Routes call these; they raise ``ApiError`` and never see the database.
 
-Logins race with password changes and deletions: a login verifies the
-password (slow), then stores its session. So a change first moves the user's
-credential epoch, then closes every session; a login stores its session
-first, then checks that the epoch it verified against still holds, and
-withdraws the session if not. Whatever the interleaving, a session opened
-with old credentials is closed by one side or the other.
+A change of credentials (a new password, the account's deletion) first
+raises the user's credential floor: one write that voids every session
+opened before it, on every worker, so nothing that cuts the rest short (the
+request's deadline, a crash, a lost connection) leaves an old session
+working. Then it changes the user, guarded by the epoch it read, moving the
+epoch with the change; then it deletes the sessions it voided.
+
+Logins race with such changes: a login verifies the password (slow), then
+stores its session under the epoch it read, then checks the floor and the
+user again. A session opened under the old credentials is below the floor
+once the floor is raised, whatever the interleaving. A floor above the user
+whose change has run out of time was cut short before it changed the user:
+the next login settles the user up to the floor (the old password still
+stands) instead of being refused for ever.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from bson import ObjectId
 from quart import current_app
 
-from . import metrics, throttle
+from . import devices, metrics, throttle
+from .clock import utcnow
 from .errors import ApiError, unauthorized, validation_error
-from .extensions import passwords
-from .security import CurrentUser, refresh_lifetime, session_revoked
+from .extensions import mongo, passwords
+from .security import CurrentUser, refresh_lifetime, session_lifetime, session_revoked
 from .stores import sessions, todos, users
 
 
@@ -26,28 +37,58 @@ def _invalid_credentials() -> ApiError:
     return unauthorized("invalid_credentials", "The username or password is wrong.")
 
 
+def _username_taken() -> ApiError:
+    return ApiError(409, "username_taken", "That username is taken.")
+
+
+def _time_left() -> timedelta:
+    """How long this request may still run: what a claim or a pending change holds."""
+    return timedelta(seconds=mongo.time_left())
+
+
 async def register(username: str, password: str) -> users.User:
+    """Claim the name, then hash the password: racing registrations cost one hash."""
     await throttle.count_registration()
-    password_hash = await passwords.hash(password)
-    user = await users.create(username, password_hash)
-    if user is None:
-        abandoned = await users.find_being_deleted(username)
-        if abandoned is None:
-            raise ApiError(409, "username_taken", "That username is taken.")
-        await _purge(abandoned["_id"])  # a deletion cut short: finish it, free the name
-        user = await users.create(username, password_hash)
-        if user is None:
-            raise ApiError(409, "username_taken", "That username is taken.")
-    return user
+    user = await _claim(username)
+    if not await users.complete_claim(user, await passwords.hash(password)):
+        raise _username_taken()  # the claim outlived this request and was taken over
+    return {key: value for key, value in user.items() if key != "claim_until"}
 
 
-async def log_in(username: str, password: str) -> sessions.Session:
-    """Check the credentials (rate limited) and open a session.
+async def _claim(username: str) -> users.User:
+    """Claim ``username`` for this request; 409 while another holds it."""
+    now = utcnow()
+    claimed = await users.claim(username, now + _time_left())
+    if claimed is not None:
+        return claimed
+    holder = await users.find_claimed(username)
+    if holder is None:  # gone since: try once more
+        claimed = await users.claim(username, now + _time_left())
+    elif holder.get("deleting"):
+        await _purge(holder["_id"])  # a deletion cut short: finish it, free the name
+        claimed = await users.claim(username, now + _time_left())
+    elif holder["password_hash"] is None and holder.get("claim_until", now) <= now:
+        claimed = await users.take_over_claim(holder, username, now + _time_left())
+    if claimed is None:
+        raise _username_taken()
+    return claimed
 
-    An unknown user costs a full hash check too, and gets the same answer.
+
+async def log_in(
+    username: str, password: str, device_token: str | None
+) -> tuple[sessions.Session, str]:
+    """Check the credentials (rate limited) and open a session; also the device's token.
+
+    An unknown user costs a full hash check too, and gets the same answer. A
+    valid device token of this user moves the failure count to that device.
     """
-    reservation = await throttle.take_login_attempt(username)
+    await throttle.count_password_attempt(throttle.login_subject(username))
     user = await users.find_by_username(username)
+    device = devices.recognise(device_token, user["_id"] if user else None)
+    if device is not None:
+        reservation = await throttle.take_device_login_failure(username, device.id)
+    else:
+        reservation = await throttle.take_login_failure(username)
     if not await passwords.verify(user["password_hash"] if user else None, password):
         throttle.log_failed_login(username)
         metrics.count(lambda m: m.login_failures)
@@ -57,23 +98,37 @@ async def log_in(username: str, password: str) -> sessions.Session:
     epoch = users.epoch_of(user)
     if passwords.needs_rehash(user["password_hash"]):
         await users.upgrade_password_hash(user["_id"], epoch, await passwords.hash(password))
-    session = await sessions.open_session(user, refresh_lifetime())
-    if not await users.credentials_unchanged(user["_id"], epoch):
-        # The password changed or the account went while we verified: the
-        # other side may have closed sessions before ours was stored.
-        await sessions.close(session["_id"], user["_id"])
-        raise _invalid_credentials()
+    session = await sessions.open_session(user, refresh_lifetime(), session_lifetime())
+    await _hold_or_withdraw(session, epoch)
     await sessions.close_beyond(user["_id"], current_app.config["SESSIONS_PER_USER"])
-    return session
+    return session, devices.issue(user["_id"], device)
+
+
+async def _hold_or_withdraw(session: sessions.Session, epoch: int) -> None:
+    """Keep a just-opened session only if the credentials it was opened with still stand."""
+    user_id: ObjectId = session["user_id"]
+    floor = await sessions.floor_of(user_id)
+    if not await users.credentials_unchanged(user_id, epoch):
+        # The password changed or the account went while we verified.
+        await sessions.close(session["_id"])
+        raise _invalid_credentials()
+    if floor.min_epoch <= epoch:
+        return
+    pending = floor.pending_until is not None and floor.pending_until > utcnow()
+    if pending or not await users.settle_epoch(user_id, epoch, floor.min_epoch):
+        await sessions.close(session["_id"])  # a change is under way: it voids this session
+        raise _invalid_credentials()
+    await sessions.move_to_epoch(session["_id"], floor.min_epoch)
+    session["credential_epoch"] = floor.min_epoch
 
 
 async def log_out(caller: CurrentUser) -> None:
-    await sessions.close(caller.session_id, caller.id)
+    await sessions.close(caller.session_id)
 
 
 async def _confirm_password(caller: CurrentUser, password: str) -> users.User:
-    """Re-check the caller's password; failures count against this session only."""
-    reservation = await throttle.take_reauthentication(caller.session_id)
+    """Re-check the caller's password; failures count per session and per user."""
+    reservation = await throttle.take_reauthentication(caller.session_id, caller.id)
     user = await users.get(caller.id)
     if user is None or user.get("deleting"):
         raise session_revoked()
@@ -84,24 +139,39 @@ async def _confirm_password(caller: CurrentUser, password: str) -> users.User:
     return user
 
 
+async def _void_sessions(user: users.User) -> int:
+    """Raise the user's floor above every session: the first step of a credential change."""
+    epoch = users.epoch_of(user)
+    await sessions.raise_floor(user["_id"], epoch + 1, utcnow() + _time_left())
+    return epoch
+
+
 async def change_password(caller: CurrentUser, current: str, new: str) -> None:
     """Set a new password and close every session of the user, this one included."""
     if new.lower() == caller.username.lower():
         raise validation_error(["body", "new_password"], "the password must not equal the username")
     user = await _confirm_password(caller, current)
-    await users.replace_password_hash(user["_id"], await passwords.hash(new))
+    new_hash = await passwords.hash(new)
+    epoch = await _void_sessions(user)
+    if not await users.replace_password_hash(user["_id"], epoch, new_hash):
+        raise session_revoked()  # another change got there first; this session is void anyway
     await sessions.close_all(user["_id"])
 
 
 async def delete_account(caller: CurrentUser, password: str) -> None:
     """Remove the user, their todos and sessions.
 
-    The account is marked first (no login can succeed from then on), then
-    its sessions close, so it is unreachable at once. If this is cut short,
-    registering the name again finishes the job.
+    Every session is void from the first step; then the account is marked
+    (no login can succeed from then on), then its sessions, todos and the
+    user go. If this is cut short after the mark, registering the name
+    again finishes the job. The floor stays behind: one small document
+    holding the deleted account's id, which keeps any session a racing
+    login stored void.
     """
     user = await _confirm_password(caller, password)
-    await users.begin_deletion(user["_id"])
+    epoch = await _void_sessions(user)
+    if not await users.begin_deletion(user["_id"], epoch):
+        raise session_revoked()
     await _purge(user["_id"])
 
 

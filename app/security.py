@@ -21,10 +21,13 @@ from typing import Any, ParamSpec, TypeVar
 
 import jwt as pyjwt
 from bson import ObjectId
+from pydantic import ValidationError
 from quart import Quart, current_app, g, request
 from quart_jwt_extended import JWTManager, create_access_token, create_refresh_token
 from quart_schema import security_scheme
+from quart_schema.validation import QUART_SCHEMA_QUERYSTRING_ATTRIBUTE
 
+from .clock import utcnow
 from .errors import ApiError, problem_response, unauthorized
 from .stores import sessions, tickets
 
@@ -60,20 +63,36 @@ def access_lifetime() -> timedelta:
     return timedelta(seconds=current_app.config["JWT_ACCESS_TOKEN_EXPIRES"])
 
 
-def issue_tokens(session_id: str, user_id: ObjectId, generation: int) -> dict[str, Any]:
+def session_lifetime() -> timedelta:
+    """A session's absolute lifetime from its login (contract rule 4)."""
+    return timedelta(seconds=current_app.config["SESSION_MAX_SECONDS"])
+
+
+def _until(moment: datetime) -> timedelta:
+    """The lifetime that makes a token issued now expire at ``moment`` (at least a second)."""
+    return max(moment - utcnow(), timedelta(seconds=1))
+
+
+def issue_tokens(
+    session_id: str, user_id: ObjectId, generation: int, session_expires_at: datetime
+) -> dict[str, Any]:
     """The login/refresh response body for a session's current generation.
 
     Lifetimes are passed explicitly: the library would leave ``exp`` out for
-    a zero lifetime, and a token without ``exp`` must never exist.
+    a zero lifetime, and a token without ``exp`` must never exist. Neither
+    token outlives its session's current expiry.
     """
     identity = str(user_id)
+    session_left = _until(session_expires_at)
     return {
         "access_token": create_access_token(
-            identity, expires_delta=access_lifetime(), user_claims={"sid": session_id}
+            identity,
+            expires_delta=min(access_lifetime(), session_left),
+            user_claims={"sid": session_id},
         ),
         "refresh_token": create_refresh_token(
             identity,
-            expires_delta=refresh_lifetime(),
+            expires_delta=min(refresh_lifetime(), session_left),
             user_claims={"sid": session_id, "gen": generation},
         ),
         "token_type": "Bearer",
@@ -93,7 +112,7 @@ class TokenClaims:
     user_id: ObjectId
     session_id: str
     generation: int  # the refresh token's place in its session; 0 for access tokens
-    expires_at: datetime
+    expires_at: datetime  # the token's; after a rotation, the session's new expiry
 
 
 class WrongTokenType(Exception):
@@ -172,14 +191,12 @@ def session_revoked() -> ApiError:
 
 
 async def _enter_session(session_id: str, user_id: ObjectId, token_expires_at: datetime) -> None:
-    """Make the caller ``user_id`` in ``session_id``, if that session is open and theirs.
-
-    Another user's session is not found, like a closed one (a token naming
-    one was signed with the key, so it can only come from a leaked key).
-    """
+    """Make the caller ``user_id`` in ``session_id``, if that session is open and theirs."""
     session = await sessions.find_open(session_id, user_id)
     if session is None:
         raise session_revoked()
+    if session["user_id"] != user_id:
+        raise _token_invalid()  # signed for another user: forged or corrupt
     g.current_user = CurrentUser(
         session["user_id"],
         session["username"],
@@ -214,41 +231,72 @@ def require_access_or_ticket(view: Callable[P, Awaitable[R]]) -> Callable[P, Awa
     @wraps(view)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         ticket = request.args.get("ticket")
-        if ticket is None or "Authorization" in request.headers:
+        if ticket is None or "Authorization" in request.headers or request.method != "GET":
+            # A HEAD is answered by the same view but never spends a ticket.
             claims = _verified_claims("access")
             await _enter_session(claims.session_id, claims.user_id, claims.expires_at)
+        elif _query_is_valid(view):
+            # Spent only by a request that will be served (its query passes the
+            # route's own schema); an invalid one still gets its 401 or 422.
+            await _enter_ticket(await tickets.redeem(ticket))
         else:
-            redeemed = await tickets.redeem(ticket)
-            if redeemed is None:
-                raise unauthorized("token_invalid", "The ticket is unknown, used or expired.")
-            await _enter_session(
-                redeemed["session_id"], redeemed["user_id"], redeemed["token_expires_at"]
-            )
+            await _enter_ticket(await tickets.find(ticket))
         return await view(*args, **kwargs)
 
     return wrapper
 
 
+def _query_is_valid(view: Callable[..., Any]) -> bool:
+    """Whether the request's query string passes the schema ``view`` declares, if any."""
+    model = getattr(view, QUART_SCHEMA_QUERYSTRING_ATTRIBUTE, None)
+    if model is None:
+        return True
+    try:
+        model.model_validate(request.args.to_dict(flat=True))
+    except ValidationError:
+        return False
+    return len(request.args.getlist("ticket")) == 1
+
+
+async def _enter_ticket(ticket: tickets.Ticket | None) -> None:
+    if ticket is None:
+        raise unauthorized("token_invalid", "The ticket is unknown, used or expired.")
+    await _enter_session(ticket["session_id"], ticket["user_id"], ticket["token_expires_at"])
+
+
 def require_refresh(view: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     """Rotate the caller's session to its next refresh token; pass the claims on.
 
-    The view gets ``claims`` whose ``generation`` is the new one. A refresh
-    token that is not the session's current one closes the session.
+    The view gets ``claims`` whose ``generation`` is the new one and whose
+    ``expires_at`` is the session's new expiry. A refresh token that is not
+    the session's current one closes the session, in the same write that
+    finds out (``stores.sessions.rotate``).
     """
 
     @security_scheme(BEARER_SECURITY)
     @wraps(view)
     async def wrapper(*args: Any, **kwargs: Any) -> R:
         claims = _verified_claims("refresh")
-        generation = await sessions.rotate(
+        if await sessions.find_open(claims.session_id, claims.user_id) is None:
+            if await sessions.exists(claims.session_id) and not await sessions.close(
+                claims.session_id, claims.user_id
+            ):
+                raise _token_invalid()  # another user's session: forged or corrupt
+            raise session_revoked()
+        rotation = await sessions.rotate(
             claims.session_id, claims.user_id, claims.generation, refresh_lifetime()
         )
-        if generation is None:
-            # Reuse of a spent refresh token: close the session, a thief may hold it.
-            # (Closed already, or another user's: nothing to close.)
+        if rotation.burned:
+            # Reuse of a spent refresh token: the session is closed, a thief may hold it.
             await sessions.close(claims.session_id, claims.user_id)
             raise session_revoked()
-        rotated = TokenClaims(claims.user_id, claims.session_id, generation, claims.expires_at)
+        if rotation.generation is None or rotation.expires_at is None:
+            if await sessions.exists(claims.session_id):
+                raise _token_invalid()  # another user's session: forged or corrupt
+            raise session_revoked()
+        rotated = TokenClaims(
+            claims.user_id, claims.session_id, rotation.generation, rotation.expires_at
+        )
         return await view(*args, claims=rotated, **kwargs)
 
     return wrapper

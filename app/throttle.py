@@ -10,19 +10,33 @@ turns out right.
 Failed logins count per (username, client address), so a stranger's failures
 never lock the owner out elsewhere; a looser per-username limit stops
 guessing from many addresses, one per address stops spraying across names.
-Every login attempt also counts per address, since each costs a password
-hash. A signed-in user's re-authentication counts per session only.
+A login with a known device's token (contract rule 10b) counts against that
+device alone, so even an attacker holding every other limit cannot lock the
+owner out of a device they have used before. Every login attempt also counts
+per address, since each costs a password hash; so does a signed-in user's
+re-authentication, whose failures count per session and per user.
+
+Log lines name a username by a short keyed hash (people type passwords into
+the username field): the same name always gives the same tag, so operators
+can still follow one name's failures, but the log does not say which name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import ipaddress
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
 
+from bson import ObjectId
 from quart import current_app, request
+
+from config import trusted_networks
 
 from . import metrics
 from .errors import ApiError
@@ -30,15 +44,34 @@ from .stores import rate_limits
 
 logger = logging.getLogger("app.security")
 
+#: Hex digits of a username's tag in log lines: enough to tell names apart.
+USERNAME_TAG_DIGITS = 12
+
+
+@cache
+def _networks(setting: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return trusted_networks(setting)
+
+
+def _from_trusted_proxy(peer: str) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in _networks(current_app.config["TRUSTED_PROXIES"]))
+
 
 def client_address() -> str:
     """The TCP peer, or the address a trusted proxy chain reports for it.
 
-    Repeated ``X-Forwarded-For`` lines form one list (RFC 9110 section 5.3),
-    so a line the client sent ahead of the proxy's cannot choose the key.
+    ``X-Forwarded-For`` counts only when the TCP peer is one of
+    ``TRUSTED_PROXIES`` (contract rule 12): anyone else could write it.
+    Repeated lines form one list (RFC 9110 section 5.3), so a line the
+    client sent ahead of the proxy's cannot choose the key.
     """
+    peer = request.remote_addr or "unknown"
     trusted_proxies: int = current_app.config["TRUSTED_PROXY_COUNT"]
-    if trusted_proxies > 0:
+    if trusted_proxies > 0 and _from_trusted_proxy(peer):
         forwarded = [
             part.strip()
             for line in request.headers.getlist("X-Forwarded-For")
@@ -47,7 +80,14 @@ def client_address() -> str:
         ]
         if len(forwarded) >= trusted_proxies:
             return forwarded[-trusted_proxies]
-    return request.remote_addr or "unknown"
+    return peer
+
+
+def username_tag(username: str) -> str:
+    """A short keyed hash of the lower-cased name, for log lines (never the name itself)."""
+    key = hashlib.sha256(b"log-tag:" + current_app.config["JWT_SECRET_KEY"].encode()).digest()
+    digest = hmac.new(key, username.lower().encode(), hashlib.sha256).hexdigest()
+    return digest[:USERNAME_TAG_DIGITS]
 
 
 @dataclass(frozen=True)
@@ -92,22 +132,31 @@ def _seconds(setting: str) -> timedelta:
     return timedelta(seconds=current_app.config[setting])
 
 
-async def take_login_attempt(username: str) -> Reservation:
-    """Admit one password check for ``username``, or raise 429.
+async def count_password_attempt(subject: str) -> None:
+    """Count one password check for the caller's address (any outcome); 429 past the limit.
 
-    The attempt is counted (per address, any outcome) and reserved as a
-    failure under each failed-login key; ``give_back`` the reservation on
-    success.
+    Logins and re-authentications alike: each costs a hash.
+    """
+    limit = current_app.config["LOGIN_ATTEMPTS_PER_ADDRESS"]
+    await _take(
+        {f"login-attempts:addr:{client_address()}": limit},
+        _seconds("LOGIN_ATTEMPT_WINDOW_SECONDS"),
+        subject=subject,
+    )
+
+
+def login_subject(username: str) -> str:
+    return f"login username={username_tag(username)}"
+
+
+async def take_login_failure(username: str) -> Reservation:
+    """Reserve a failed login for ``username`` under rule 10's keys, or raise 429.
+
+    ``give_back`` the reservation when the password turns out right.
     """
     config = current_app.config
     address = client_address()
     username_key = username.lower()
-    subject = f"login username_key={username_key!r}"
-    await _take(
-        {f"login-attempts:addr:{address}": config["LOGIN_ATTEMPTS_PER_ADDRESS"]},
-        _seconds("LOGIN_ATTEMPT_WINDOW_SECONDS"),
-        subject=subject,
-    )
     return await _take(
         {
             f"login-failures:user-addr:{username_key}:{address}": config[
@@ -117,15 +166,33 @@ async def take_login_attempt(username: str) -> Reservation:
             f"login-failures:addr:{address}": config["LOGIN_FAILURES_PER_ADDRESS"],
         },
         _seconds("LOGIN_FAILURE_WINDOW_SECONDS"),
-        subject=subject,
+        subject=login_subject(username),
     )
 
 
-async def take_reauthentication(session_id: str) -> Reservation:
-    """Admit one password re-check by a signed-in session, or raise 429 for that session."""
-    limit = current_app.config["REAUTH_FAILURES_PER_SESSION"]
+async def take_device_login_failure(username: str, device_id: str) -> Reservation:
+    """Reserve a failed login against a known device alone (rule 10b), or raise 429."""
     return await _take(
-        {f"reauth-failures:session:{session_id}": limit},
+        {f"login-failures:device:{device_id}": current_app.config["LOGIN_FAILURES_PER_DEVICE"]},
+        _seconds("LOGIN_FAILURE_WINDOW_SECONDS"),
+        subject=f"{login_subject(username)} device",
+    )
+
+
+async def take_reauthentication(session_id: str, user_id: ObjectId) -> Reservation:
+    """Admit one password re-check by a signed-in session, or raise 429.
+
+    It counts toward the address's attempts, and its failure is reserved
+    per session and per user, so that neither many sessions nor many
+    addresses multiply the hashes one client can force (rule 10a).
+    """
+    config = current_app.config
+    await count_password_attempt("re-authentication")
+    return await _take(
+        {
+            f"reauth-failures:session:{session_id}": config["REAUTH_FAILURES_PER_SESSION"],
+            f"reauth-failures:user:{user_id}": config["REAUTH_FAILURES_PER_USER"],
+        },
         _seconds("LOGIN_FAILURE_WINDOW_SECONDS"),
         subject="re-authentication",
     )
@@ -140,6 +207,16 @@ async def count_registration() -> None:
     )
 
 
+async def count_idempotency_key(user_id: ObjectId) -> Reservation:
+    """Count one new Idempotency-Key of ``user_id`` per key lifetime; 429 past the limit."""
+    config = current_app.config
+    return await _take(
+        {f"idempotency-keys:user:{user_id}": config["IDEMPOTENCY_KEYS_PER_USER"]},
+        _seconds("IDEMPOTENCY_KEY_TTL_SECONDS"),
+        subject="idempotency keys",
+    )
+
+
 def log_failed_login(username: str) -> None:
-    """One line operators can feed to their blocking tools (never the password)."""
-    logger.warning("failed login: username_key=%r address=%s", username.lower(), client_address())
+    """One line operators can feed to their blocking tools (never the password or the name)."""
+    logger.warning("failed login: username=%s address=%s", username_tag(username), client_address())

@@ -26,6 +26,8 @@ PASSWORD = "correct horse battery"
 DRIVER = os.environ.get("MONGO_DRIVER", BaseConfig.MONGO_DRIVER)
 #: Todo documents only: the collection also holds one quota counter per owner.
 TODO_DOCS = {"_id": {"$type": "objectId"}}
+#: Session documents only: the collection also holds one credential floor per user.
+SESSION_DOCS = {"generation": {"$exists": True}}
 
 
 @pytest.fixture(scope="session")

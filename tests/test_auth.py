@@ -10,7 +10,7 @@ import pytest
 from bson import ObjectId
 
 from app import create_app
-from tests.conftest import PASSWORD, TODO_DOCS, Api, bearer
+from tests.conftest import PASSWORD, SESSION_DOCS, TODO_DOCS, Api, bearer
 
 AUTH = "/api/v1/auth"
 
@@ -110,7 +110,13 @@ async def test_register_needs_a_json_object(api: Api) -> None:
 async def test_login_returns_a_token_pair(api: Api) -> None:
     await api.register()
     tokens = await api.login()
-    assert set(tokens) == {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert set(tokens) == {
+        "access_token",
+        "refresh_token",
+        "token_type",
+        "expires_in",
+        "device_token",
+    }
     assert tokens["token_type"] == "Bearer"
     assert tokens["expires_in"] == 900
     me = await api.client.get(f"{AUTH}/me", headers=bearer(tokens["access_token"]))
@@ -164,7 +170,7 @@ async def test_password_change_closes_every_session(api: Api, db: Any) -> None:
         headers=bearer(first["access_token"]),
     )
     assert response.status_code == 204
-    assert await db["sessions"].count_documents({}) == 0
+    assert await db["sessions"].count_documents(SESSION_DOCS) == 0
     for tokens in [first, second]:
         me = await api.client.get(f"{AUTH}/me", headers=bearer(tokens["access_token"]))
         await problem(me, 401, "token_revoked")

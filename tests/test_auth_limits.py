@@ -88,9 +88,14 @@ async def test_failures_per_address(api: Api) -> None:
     await problem(await fail_login(api, "a4"), 429, "rate_limited")
 
 
-async def register(api: Api, username: str, **headers: str) -> Any:
+async def register(
+    api: Api, username: str, options: dict[str, Any] | None = None, **headers: str
+) -> Any:
     return await api.client.post(
-        f"{AUTH}/register", json={"username": username, "password": PASSWORD}, headers=headers
+        f"{AUTH}/register",
+        json={"username": username, "password": PASSWORD},
+        headers=headers,
+        **(options or {}),
     )
 
 
@@ -112,10 +117,26 @@ async def test_forwarded_for_is_ignored_without_trusted_proxies(api: Api) -> Non
     assert spoofed.status_code == 429
 
 
-@pytest.mark.settings(REGISTRATIONS_PER_ADDRESS=1, TRUSTED_PROXY_COUNT=1)
+@pytest.mark.settings(
+    REGISTRATIONS_PER_ADDRESS=1, TRUSTED_PROXY_COUNT=1, TRUSTED_PROXIES="192.0.2.0/24, ::1"
+)
 async def test_forwarded_for_is_honoured_behind_a_trusted_proxy(api: Api) -> None:
-    assert (await register(api, "one", **{"X-Forwarded-For": "203.0.113.1"})).status_code == 201
-    other = await register(api, "two", **{"X-Forwarded-For": "6.6.6.6, 203.0.113.2"})
+    proxy = {"scope_base": {"client": ("192.0.2.10", 40000)}}
+    one = await register(api, "one", proxy, **{"X-Forwarded-For": "203.0.113.1"})
+    assert one.status_code == 201
+    other = await register(api, "two", proxy, **{"X-Forwarded-For": "6.6.6.6, 203.0.113.2"})
     assert other.status_code == 201
-    same = await register(api, "three", **{"X-Forwarded-For": "203.0.113.1"})
+    same = await register(api, "three", proxy, **{"X-Forwarded-For": "203.0.113.1"})
     assert same.status_code == 429
+
+
+@pytest.mark.settings(
+    REGISTRATIONS_PER_ADDRESS=1, TRUSTED_PROXY_COUNT=1, TRUSTED_PROXIES="192.0.2.0/24"
+)
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(api: Api) -> None:
+    """Rule 12 (1.2): with a proxy count set, only the configured proxies may name the client."""
+    stranger = {"scope_base": {"client": ("198.51.100.7", 40000)}}
+    one = await register(api, "one", stranger, **{"X-Forwarded-For": "203.0.113.1"})
+    assert one.status_code == 201
+    spoofed = await register(api, "two", stranger, **{"X-Forwarded-For": "203.0.113.2"})
+    await problem(spoofed, 429, "rate_limited")

@@ -11,6 +11,7 @@ from ..models.auth import (
     AccountDeletionBody,
     Credentials,
     LoginBody,
+    LoginTokens,
     PasswordChangeBody,
     TokenPair,
     UserOut,
@@ -38,12 +39,15 @@ async def register(data: Credentials) -> Response:
 @blueprint.post("/login")
 @operation_id("log_in")
 @validate_request(LoginBody)
-@document_response(TokenPair, 200)
-@problems(401, 429)
+@document_response(LoginTokens, 200)
+@problems(401, 429, 503)
 async def login(data: LoginBody) -> Response:
-    """Open a session: an access token and a refresh token."""
-    session = await accounts.log_in(data.username, data.password)
-    return json_response(issue_tokens(session["_id"], session["user_id"], session["generation"]))
+    """Open a session: an access token, a refresh token, and this device's token."""
+    session, device_token = await accounts.log_in(data.username, data.password, data.device_token)
+    tokens = issue_tokens(
+        session["_id"], session["user_id"], session["generation"], session["expires_at"]
+    )
+    return json_response({**tokens, "device_token": device_token})
 
 
 @blueprint.post("/refresh")
@@ -52,7 +56,9 @@ async def login(data: LoginBody) -> Response:
 @document_response(TokenPair, 200)
 async def refresh(claims: TokenClaims) -> Response:
     """Trade the refresh token for new tokens; the old refresh token stops working."""
-    return json_response(issue_tokens(claims.session_id, claims.user_id, claims.generation))
+    return json_response(
+        issue_tokens(claims.session_id, claims.user_id, claims.generation, claims.expires_at)
+    )
 
 
 @blueprint.post("/logout")

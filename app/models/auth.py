@@ -32,6 +32,14 @@ NewPassword = Annotated[
 # Login and re-authentication check only the shape; a wrong value is a 401.
 GivenUsername = Annotated[str, Field(max_length=256)]
 GivenPassword = Annotated[str, Field(max_length=1024)]
+#: A device token as issued (base64url); anything else in its place is malformed (422).
+DeviceToken = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9_-]{16,256}$",
+        description="The `device_token` of an earlier login on this device (optional).",
+    ),
+]
 
 
 class StrictBody(BaseModel):
@@ -54,10 +62,11 @@ class Credentials(StrictBody):
 
 
 class LoginBody(StrictBody):
-    """The username and password of an account."""
+    """The username and password of an account, and the device's token if it has one."""
 
     username: GivenUsername
     password: GivenPassword
+    device_token: DeviceToken | None = None
 
 
 class PasswordChangeBody(StrictBody):
@@ -94,6 +103,15 @@ class TokenPair(BaseModel):
     refresh_token: str
     token_type: Literal["Bearer"]
     expires_in: int = Field(description="Lifetime of the access token in seconds")
+
+
+class LoginTokens(TokenPair):
+    """A new session's tokens, and this device's token to send with later logins."""
+
+    device_token: str = Field(
+        description="Keep it across logouts and send it with every login from this device: "
+        "failures others cause then never lock this device out."
+    )
 
 
 def user_json(user_id: ObjectId, username: str, created_at: datetime) -> dict[str, str]:

@@ -42,6 +42,14 @@ async def create(
     )
 
 
+async def find(ticket: str) -> Ticket | None:
+    """The ticket's document if it is unused and unexpired, leaving it unused."""
+    found: Ticket | None = await _tickets().find_one(
+        {"_id": _key(ticket), "expires_at": {"$gt": utcnow()}}
+    )
+    return found
+
+
 async def redeem(ticket: str) -> Ticket | None:
     """Consume the ticket; its document if it was unused and unexpired, else None."""
     found: Ticket | None = await _tickets().find_one_and_delete(

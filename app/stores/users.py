@@ -4,15 +4,21 @@
 names unique without regard to case; ``username`` keeps the first spelling.
 
 ``credential_epoch`` grows whenever the credentials stop being valid (a new
-password, the account's deletion). A session remembers the epoch it was
-opened under, and a login re-reads the user after storing its session: if
-the epoch moved meanwhile, the login lost a race with a password change or
-a deletion and withdraws its session. ``deleting`` marks an account whose
-deletion has begun: it can no longer be logged in to.
+password, the account's deletion), in the same write as the change. A
+session remembers the epoch it was opened under; the user's credential
+floor (``stores.sessions``) voids every session below it. ``deleting``
+marks an account whose deletion has begun: it can no longer be logged in to.
+
+Registration claims the name before it hashes the password: the claim is a
+user without a password (``password_hash: None``, which no login matches)
+holding ``claim_until``, the claiming request's remaining budget. Racing
+registrations of one name find the claim and answer 409 without hashing;
+a claim whose request died (its lease has passed) is taken over.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
@@ -31,15 +37,16 @@ def _users() -> Any:
     return mongo.db["users"]
 
 
-async def create(username: str, password_hash: str) -> User | None:
-    """Insert a user; ``None`` when the name (in any case) is taken."""
+async def claim(username: str, claim_until: datetime) -> User | None:
+    """Insert a user without a password, claiming the name; ``None`` when it is taken."""
     user = {
         "_id": ObjectId(),
         "username": username,
         "username_key": username.lower(),
-        "password_hash": password_hash,
+        "password_hash": None,
         "credential_epoch": 0,
         "created_at": utcnow(),
+        "claim_until": claim_until,
     }
     try:
         await _users().insert_one(user)
@@ -48,15 +55,35 @@ async def create(username: str, password_hash: str) -> User | None:
     return user
 
 
-async def find_by_username(username: str) -> User | None:
-    user: User | None = await _users().find_one({"username_key": username.lower(), **ACTIVE})
+async def find_claimed(username: str) -> User | None:
+    """The user holding ``username`` in any state: complete, claimed or being deleted."""
+    user: User | None = await _users().find_one({"username_key": username.lower()})
     return user
 
 
-async def find_being_deleted(username: str) -> User | None:
-    user: User | None = await _users().find_one(
-        {"username_key": username.lower(), "deleting": True}
+async def take_over_claim(abandoned: User, username: str, claim_until: datetime) -> User | None:
+    """Take the name from a claim whose request died; ``None`` if another request did first."""
+    now = utcnow()
+    result = await _users().update_one(
+        {"_id": abandoned["_id"], "password_hash": None, "claim_until": abandoned["claim_until"]},
+        {"$set": {"username": username, "created_at": now, "claim_until": claim_until}},
     )
+    if result.modified_count != 1:
+        return None
+    return {**abandoned, "username": username, "created_at": now, "claim_until": claim_until}
+
+
+async def complete_claim(user: User, password_hash: str) -> bool:
+    """Give a claimed user its password; False if the claim was taken over meanwhile."""
+    result = await _users().update_one(
+        {"_id": user["_id"], "password_hash": None, "claim_until": user["claim_until"]},
+        {"$set": {"password_hash": password_hash}, "$unset": {"claim_until": ""}},
+    )
+    return bool(result.modified_count == 1)
+
+
+async def find_by_username(username: str) -> User | None:
+    user: User | None = await _users().find_one({"username_key": username.lower(), **ACTIVE})
     return user
 
 
@@ -86,19 +113,31 @@ async def upgrade_password_hash(user_id: ObjectId, epoch: int, password_hash: st
     await _users().update_one(_at_epoch(user_id, epoch), {"$set": {"password_hash": password_hash}})
 
 
-async def replace_password_hash(user_id: ObjectId, password_hash: str) -> None:
-    """Store a new password and move the epoch: sessions opened before are void."""
-    await _users().update_one(
-        {"_id": user_id},
-        {"$set": {"password_hash": password_hash}, "$inc": {"credential_epoch": 1}},
+async def replace_password_hash(user_id: ObjectId, epoch: int, password_hash: str) -> bool:
+    """Store a new password and move the epoch, if the user is still at ``epoch``."""
+    result = await _users().update_one(
+        {**_at_epoch(user_id, epoch), **ACTIVE},
+        {"$set": {"password_hash": password_hash, "credential_epoch": epoch + 1}},
     )
+    return bool(result.modified_count == 1)
 
 
-async def begin_deletion(user_id: ObjectId) -> None:
-    """Mark the account as going: no login succeeds from here on."""
-    await _users().update_one(
-        {"_id": user_id}, {"$set": {"deleting": True}, "$inc": {"credential_epoch": 1}}
+async def begin_deletion(user_id: ObjectId, epoch: int) -> bool:
+    """Mark the account as going, if still at ``epoch``: no login succeeds from here on."""
+    result = await _users().update_one(
+        {**_at_epoch(user_id, epoch), **ACTIVE},
+        {"$set": {"deleting": True, "credential_epoch": epoch + 1}},
     )
+    return bool(result.modified_count == 1)
+
+
+async def settle_epoch(user_id: ObjectId, epoch: int, floor: int) -> bool:
+    """Lift a user still at ``epoch`` to ``floor``: the change that raised the floor
+    was cut short before it changed the user, so the credentials stand as they are."""
+    result = await _users().update_one(
+        {**_at_epoch(user_id, epoch), **ACTIVE}, {"$set": {"credential_epoch": floor}}
+    )
+    return bool(result.modified_count == 1)
 
 
 async def delete(user_id: ObjectId) -> None:

@@ -1,0 +1,398 @@
+"""Abuse resistance (contract 1.2): known devices, bounded hashing, changes that complete.
+
+Each test reproduces a finding of the second adversarial review through the
+real app and database. The client address is the TCP peer (rule 12), set
+per request through the test client's ASGI scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from quart import Quart
+
+from app.clock import utcnow
+from tests.conftest import PASSWORD, SESSION_DOCS, Api, bearer
+from tests.test_auth import problem
+from tests.test_hardening import NEW_PASSWORD, SLOW_HASH, from_address, login_body
+
+AUTH = "/api/v1/auth"
+TODOS = "/api/v1/todos"
+WRONG = "wrong password"
+
+
+async def login(api: Api, body: dict[str, Any], address: str = "203.0.113.1") -> Any:
+    return await api.client.post(f"{AUTH}/login", json=body, **from_address(address))
+
+
+# 1. Known devices (rule 10b): failures others cause never lock a known device out.
+
+
+async def test_the_owner_of_a_known_device_logs_in_while_an_attacker_holds_every_limit(
+    api: Api, db: Any
+) -> None:
+    """The review's scenario: 10 wrong passwords from each of 20 addresses."""
+    await api.register("alice")
+    device_token = (await (await login(api, login_body())).get_json())["device_token"]
+    for i in range(20):
+        for _ in range(10):
+            await problem(
+                await login(api, login_body("alice", WRONG), f"198.51.100.{i}"),
+                401,
+                "invalid_credentials",
+            )
+    counter = await db["rate_limits"].find_one({"_id": "login-failures:user:alice"})
+    assert counter["count"] == 200  # rule 10's per-username limit is reached
+    # Without the device token the owner is locked out, from a new address or the attacker's ...
+    for address in ["203.0.113.50", "198.51.100.3"]:
+        response = await login(api, login_body(), address)
+        await problem(response, 429, "rate_limited")
+        assert int(response.headers["Retry-After"]) >= 1
+    # ... with it they log in, from anywhere.
+    for address in ["203.0.113.50", "198.51.100.3"]:
+        response = await login(api, {**login_body(), "device_token": device_token}, address)
+        assert response.status_code == 200, await response.get_data(as_text=True)
+        tokens = await response.get_json()
+        me = await api.client.get(f"{AUTH}/me", headers=bearer(tokens["access_token"]))
+        assert me.status_code == 200
+        device_token = tokens["device_token"]
+
+
+async def test_a_device_token_is_opaque_bound_to_its_user_and_renewed(api: Api) -> None:
+    await api.register("alice")
+    await api.register("bob")
+    first = (await api.login("alice"))["device_token"]
+    second = (await api.login("alice"))["device_token"]
+    assert first != second  # each login without one is a new device
+    assert "alice" not in first and len(first) < 100
+    renewed = await login(api, {**login_body(), "device_token": first})
+    assert renewed.status_code == 200
+    again = (await renewed.get_json())["device_token"]  # the same device, renewed
+    assert again[:22] == first[:22] and again[:22] != second[:22]
+
+
+@pytest.mark.settings(LOGIN_FAILURES_PER_DEVICE=3)
+async def test_failures_with_a_device_token_count_against_that_device_only(
+    api: Api, db: Any
+) -> None:
+    await api.register("alice")
+    device_token = (await api.login("alice"))["device_token"]
+    wrong = {**login_body("alice", WRONG), "device_token": device_token}
+    for _ in range(3):
+        await problem(await login(api, wrong), 401, "invalid_credentials")
+    # The device is now locked, even with the right password ...
+    right = {**login_body(), "device_token": device_token}
+    await problem(await login(api, right), 429, "rate_limited")
+    # ... and rule 10's counters saw none of it: the owner logs in without the token.
+    counters = db["rate_limits"].find({"_id": {"$regex": "^login-failures:(user|addr)"}})
+    assert [counter["count"] async for counter in counters] == [0, 0, 0]
+    assert (await login(api, login_body())).status_code == 200
+
+
+async def test_a_malformed_device_token_is_422(api: Api) -> None:
+    await api.register("alice")
+    for malformed in ["short", "has spaces in it, which no token has", "x" * 300, 42]:
+        response = await login(api, {**login_body(), "device_token": malformed})
+        body = await problem(response, 422, "validation_failed")
+        assert body["errors"][0]["loc"] == ["body", "device_token"]
+
+
+@pytest.mark.settings(LOGIN_FAILURES_PER_USERNAME=2, DEVICE_TOKEN_SECONDS=1)
+async def test_unknown_expired_and_foreign_device_tokens_are_ignored(api: Api) -> None:
+    await api.register("alice")
+    await api.register("mallory")
+    foreign = (await api.login("mallory"))["device_token"]
+    expiring = (await api.login("alice"))["device_token"]
+    await asyncio.sleep(1.1)
+    for _ in range(2):
+        await login(api, login_body("alice", WRONG), "198.51.100.1")
+    unknown = "A" * 55
+    for token in [foreign, expiring, unknown]:
+        # Ignored as if absent: the per-username limit applies, no error names the token.
+        response = await login(api, {**login_body(), "device_token": token})
+        await problem(response, 429, "rate_limited")
+
+
+@pytest.mark.settings(LOGIN_FAILURES_PER_USERNAME=2)
+async def test_deleting_the_account_ends_its_device_tokens_a_password_change_does_not(
+    api: Api,
+) -> None:
+    await api.register("alice")
+    tokens = await api.login("alice")
+    device_token = tokens["device_token"]
+    changed = await api.client.post(
+        f"{AUTH}/password",
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        headers=bearer(tokens["access_token"]),
+    )
+    assert changed.status_code == 204
+    for _ in range(2):
+        await login(api, login_body("alice", WRONG), "198.51.100.1")
+    with_device = {**login_body("alice", NEW_PASSWORD), "device_token": device_token}
+    kept = await login(api, with_device)
+    assert kept.status_code == 200  # the password change left the device known
+    deleted = await api.client.delete(
+        f"{AUTH}/me",
+        json={"password": NEW_PASSWORD},
+        headers=bearer((await kept.get_json())["access_token"]),
+    )
+    assert deleted.status_code == 204
+    await api.register("alice", NEW_PASSWORD)  # the same name, a new account
+    await problem(await login(api, with_device), 429, "rate_limited")
+
+
+# 2. Security changes complete, or leave no old session working.
+
+
+async def old_sessions_working(api: Api, sessions: list[dict[str, Any]]) -> int:
+    working = 0
+    for tokens in sessions:
+        me = await api.client.get(f"{AUTH}/me", headers=bearer(tokens["access_token"]))
+        refreshed = await api.client.post(
+            f"{AUTH}/refresh", headers=bearer(tokens["refresh_token"])
+        )
+        working += me.status_code == 200 or refreshed.status_code == 200
+    return working
+
+
+#: A deadline short enough to cut a security change anywhere: from before its
+#: first database operation to after its last, in small steps.
+CUT_AT_MS = [1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 18, 20, 25, 30, 40, 60]
+ROOMY = {
+    "REQUEST_DEADLINE_MS": 30_000,
+    "LOGIN_ATTEMPTS_PER_ADDRESS": 10_000,
+    "REGISTRATIONS_PER_ADDRESS": 10_000,
+}
+
+
+async def cut_short(app: Quart, deadline_ms: int, call: Any) -> int:
+    """Send ``call`` with a request deadline of ``deadline_ms``; wait for its view to end."""
+    app.config["REQUEST_DEADLINE_MS"] = deadline_ms
+    try:
+        response = await call
+    finally:
+        app.config["REQUEST_DEADLINE_MS"] = ROOMY["REQUEST_DEADLINE_MS"]
+    await asyncio.sleep(0.15 + deadline_ms / 1000)  # a view past its deadline runs out
+    return int(response.status_code)
+
+
+@pytest.mark.settings(**ROOMY)
+async def test_a_password_change_cut_short_anywhere_leaves_no_old_session_working(
+    api: Api, app: Quart
+) -> None:
+    seen: set[int] = set()
+    for round_number, deadline_ms in enumerate(CUT_AT_MS * 2):
+        name = f"user{round_number}"
+        await api.register(name)
+        sessions = [await api.login(name), await api.login(name)]
+        status = await cut_short(
+            app,
+            deadline_ms,
+            api.client.post(
+                f"{AUTH}/password",
+                json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+                headers=bearer(sessions[0]["access_token"]),
+            ),
+        )
+        seen.add(status)
+        assert status in {204, 503}, status
+        working = await old_sessions_working(api, sessions)
+        changed = (await login(api, login_body(name, NEW_PASSWORD))).status_code == 200
+        if changed or status == 204:
+            assert working == 0, (deadline_ms, status)
+        else:
+            # Cut before anything durable, or after voiding the sessions: never
+            # some of them, and the old password still opens a working session.
+            assert working in {0, 2}, (deadline_ms, status, working)
+            assert (await login(api, login_body(name))).status_code == 200
+    assert seen == {204, 503}  # both ends were reached
+
+
+@pytest.mark.settings(**ROOMY)
+async def test_an_account_deletion_cut_short_anywhere_leaves_no_old_session_working(
+    api: Api, app: Quart, db: Any
+) -> None:
+    seen: set[int] = set()
+    for round_number, deadline_ms in enumerate(CUT_AT_MS * 2):
+        name = f"user{round_number}"
+        await api.register(name)
+        sessions = [await api.login(name), await api.login(name)]
+        status = await cut_short(
+            app,
+            deadline_ms,
+            api.client.delete(
+                f"{AUTH}/me",
+                json={"password": PASSWORD},
+                headers=bearer(sessions[0]["access_token"]),
+            ),
+        )
+        seen.add(status)
+        working = await old_sessions_working(api, sessions)
+        can_log_in = (await login(api, login_body(name))).status_code == 200
+        if not can_log_in or status == 204:
+            assert working == 0, (deadline_ms, status)
+            # Whatever is left, registering the name again finishes it.
+            await api.register(name)
+            assert (await login(api, login_body(name))).status_code == 200
+        else:
+            assert working in {0, 2}, (deadline_ms, status, working)
+    assert seen == {204, 503}
+
+
+async def test_a_change_cut_short_after_voiding_the_sessions_locks_nobody_out(
+    api: Api, db: Any
+) -> None:
+    user = await api.register("alice")
+    old = await api.login("alice")
+    floor = {"_id": f"epoch:{user['id']}"}
+    # Voided, then the request died: its lease has run out.
+    await db["sessions"].insert_one({**floor, "min_epoch": 1, "pending_until": utcnow()})
+    assert await old_sessions_working(api, [old]) == 0
+    fresh = await api.login("alice")  # the old password still stands
+    assert await old_sessions_working(api, [fresh]) == 1
+    # While a change may still be running, a login waits for it (401), as in a race.
+    await db["sessions"].update_one(
+        floor, {"$set": {"min_epoch": 2, "pending_until": utcnow() + timedelta(seconds=30)}}
+    )
+    await problem(await login(api, login_body()), 401, "invalid_credentials")
+    assert await db["sessions"].count_documents({**SESSION_DOCS, "credential_epoch": 1}) == 1
+
+
+async def test_two_refreshes_with_one_token_rotate_once_and_burn_the_session(api: Api) -> None:
+    for round_number in range(5):
+        tokens = await api.user_tokens(f"racer{round_number}")
+        first, second = await asyncio.gather(
+            *(
+                api.client.post(f"{AUTH}/refresh", headers=bearer(tokens["refresh_token"]))
+                for _ in range(2)
+            )
+        )
+        statuses = sorted([first.status_code, second.status_code])
+        assert statuses == [200, 401]
+        winner = await (first if first.status_code == 200 else second).get_json()
+        assert await old_sessions_working(api, [winner]) == 0
+
+
+@pytest.mark.settings(JWT_REFRESH_TOKEN_EXPIRES=3, SESSION_MAX_SECONDS=2)
+async def test_a_session_ends_at_its_absolute_lifetime_however_often_refreshed(
+    api: Api,
+) -> None:
+    tokens = await api.user_tokens("alice")
+    refresh = tokens["refresh_token"]
+    for _ in range(3):
+        await asyncio.sleep(0.5)
+        response = await api.client.post(f"{AUTH}/refresh", headers=bearer(refresh))
+        assert response.status_code == 200
+        refresh = (await response.get_json())["refresh_token"]
+    await asyncio.sleep(0.8)
+    response = await api.client.post(f"{AUTH}/refresh", headers=bearer(refresh))
+    assert response.status_code == 401  # expired at the session's end, not 3 s after the last
+
+
+# 3. Bounded hashing (rule 10a 1.2).
+
+
+async def open_sessions(api: Api, name: str, count: int) -> list[str]:
+    """``count`` sessions of ``name``, each opened from its own address."""
+    return [
+        (await (await login(api, login_body(name), f"192.0.2.{i}")).get_json())["access_token"]
+        for i in range(count)
+    ]
+
+
+@pytest.mark.settings(LOGIN_ATTEMPTS_PER_ADDRESS=5)
+async def test_reauthentication_counts_toward_the_address_attempt_limit(api: Api) -> None:
+    """The review's amplification: many sessions, one address, one hash each."""
+    await api.register("alice")
+    access_tokens = await open_sessions(api, "alice", 8)
+    statuses = []
+    for access in access_tokens:
+        response = await api.client.post(
+            f"{AUTH}/password",
+            json={"current_password": WRONG, "new_password": NEW_PASSWORD},
+            headers=bearer(access),
+            **from_address("198.51.100.9"),
+        )
+        statuses.append(response.status_code)
+    assert statuses == [401] * 5 + [429] * 3
+
+
+@pytest.mark.settings(REAUTH_FAILURES_PER_USER=3)
+async def test_wrong_passwords_count_per_user_across_sessions(api: Api) -> None:
+    await api.register("alice")
+    access_tokens = await open_sessions(api, "alice", 5)
+    statuses = []
+    for i, access in enumerate(access_tokens):
+        response = await api.client.delete(
+            f"{AUTH}/me",
+            json={"password": WRONG},
+            headers=bearer(access),
+            **from_address(f"198.51.100.{i}"),
+        )
+        statuses.append(response.status_code)
+    assert statuses == [401] * 3 + [429] * 2
+
+
+@pytest.mark.settings(**SLOW_HASH, PASSWORD_HASH_SLOTS=1, PASSWORD_HASH_WAIT_MS=5)
+async def test_a_burst_of_hashes_waits_briefly_for_a_slot_then_gets_503(api: Api) -> None:
+    """The review's CPU scenario: 8 password checks at once on one process."""
+    await api.register("alice")
+    responses = await asyncio.gather(
+        *(login(api, login_body(), f"198.51.100.{i}") for i in range(8))
+    )
+    statuses = [response.status_code for response in responses]
+    assert 200 in statuses and 503 in statuses, statuses
+    assert set(statuses) == {200, 503}
+    for response in responses:
+        if response.status_code == 503:
+            await problem(response, 503, "service_unavailable")
+            assert response.headers["Retry-After"] == "1"
+
+
+@pytest.mark.settings(
+    ARGON2_TIME_COST=3,
+    ARGON2_MEMORY_COST=65536,
+    ARGON2_PARALLELISM=4,
+    REGISTRATIONS_PER_ADDRESS=100,
+)
+async def test_racing_registrations_of_one_name_cost_one_hash(api: Api, db: Any) -> None:
+    """Production-strength hashing: 20 at once give one 201 and 19 x 409, no 503."""
+    body = {"username": "popular", "password": PASSWORD}
+    responses = await asyncio.gather(
+        *(api.client.post(f"{AUTH}/register", json=body) for _ in range(20))
+    )
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [201] + [409] * 19
+    for response in responses:
+        if response.status_code == 409:
+            await problem(response, 409, "username_taken")
+    stored = await db["users"].find_one({"username_key": "popular"})
+    assert stored["password_hash"].startswith("$argon2id$") and "claim_until" not in stored
+
+
+async def test_a_claim_whose_request_died_is_taken_over(api: Api, db: Any) -> None:
+    past, future = utcnow() - timedelta(seconds=1), utcnow() + timedelta(seconds=30)
+    for name, claim_until in [("abandoned", past), ("held", future)]:
+        await db["users"].insert_one(
+            {
+                "_id": ObjectId(),
+                "username": name,
+                "username_key": name,
+                "password_hash": None,
+                "credential_epoch": 0,
+                "created_at": utcnow(),
+                "claim_until": claim_until,
+            }
+        )
+    # A claim holds no password: nobody logs in to it.
+    await problem(await login(api, login_body("held")), 401, "invalid_credentials")
+    await api.register("ABANDONED")
+    assert (await login(api, login_body("abandoned"))).status_code == 200
+    response = await api.client.post(
+        f"{AUTH}/register", json={"username": "held", "password": PASSWORD}
+    )
+    await problem(response, 409, "username_taken")
