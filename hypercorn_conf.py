@@ -15,9 +15,10 @@ import sys
 # file runs (it does for the app, later).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from app.serving import prepare_to_serve
+from app.serving import prepare_to_serve, raise_open_file_limit
 
 prepare_to_serve()
+raise_open_file_limit()  # inherited by every worker
 
 # Loopback unless told otherwise: only production (the container, which also
 # sets BIND) listens on every interface by default.
@@ -28,8 +29,14 @@ worker_class = "uvloop"
 # The app writes its own access log line (with the request id); hypercorn's is off.
 accesslog = None
 errorlog = "-"
-# Longer than a load balancer's idle timeout (60 s on most), so the balancer
-# closes idle connections first and never sends on a socket we just closed.
-keep_alive_timeout = 75
+# Seconds a connection may sit idle, or send a request's head (partial
+# headers count as idle): thousands of idle sockets must not pin a worker's
+# file descriptors. Hypercorn belongs behind a proxy (docs/security.md): the
+# proxy's upstream keep-alive must be shorter than this, so the proxy closes
+# first and never sends on a socket hypercorn just closed. Bodies that
+# trickle in are bounded by the app's BODY_TIMEOUT.
+keep_alive_timeout = int(os.environ.get("KEEP_ALIVE_SECONDS", "5"))
 # In-flight requests get this long after SIGTERM; under Docker's 10 s stop timeout.
 graceful_timeout = 8
+# No version banner (Server: hypercorn-h11).
+include_server_header = False

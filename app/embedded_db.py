@@ -60,7 +60,12 @@ def held_by_another_process(folder: Path) -> bool:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Ask Linux to SIGTERM the server when its parent dies, even by SIGKILL."""
+    """Ask Linux to SIGTERM the server when its parent dies, even by SIGKILL.
+
+    Its files are private to the user (0600 in a 0700 folder): the database
+    has no credentials, so the files are all that guards the data.
+    """
+    os.umask(0o077)
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
@@ -93,6 +98,7 @@ class EmbeddedDatabase:
         program = shutil.which(SERVER_PROGRAM) or str(Path(sys.executable).parent / SERVER_PROGRAM)
         if self.storage_path != ":memory:":
             Path(self.storage_path).mkdir(parents=True, exist_ok=True)
+            os.chmod(self.storage_path, 0o700)
         output = self.log_path.open("ab") if self.log_path else None
         self.process = subprocess.Popen(
             [

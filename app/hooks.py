@@ -130,7 +130,10 @@ async def finish_response(response: Response) -> Response:
         headers["Content-Security-Policy"] = JSON_CSP
     path = request.path
     if path.startswith(API_PREFIX) and not _has(headers, "Cache-Control"):
-        headers["Cache-Control"] = _cache_policy(response)
+        policy = headers["Cache-Control"] = _cache_policy(response)
+        if policy.startswith("private"):
+            # A private cache keyed by URL alone would show one user's copy to the next.
+            headers["Vary"] = ", ".join([*headers.getlist("Vary"), "Authorization"])
     _log_access(path, response.status_code, request_id)
     return response
 

@@ -25,6 +25,7 @@ from bson import ObjectId
 from pydantic import BaseModel
 from quart import current_app
 
+from . import throttle
 from .clock import utcnow
 from .errors import ApiError
 from .extensions import mongo
@@ -99,9 +100,22 @@ async def begin(owner: ObjectId, key: str, body_fingerprint: str) -> Claim:
     """Claim ``key`` for a new resource, or return the claim already made with it.
 
     422 when the key was used with another body. A forgotten (expired) claim
-    is replaced even before the TTL sweep removes it.
+    is replaced even before the TTL sweep removes it. New keys count per
+    user (``IDEMPOTENCY_KEYS_PER_USER`` per key lifetime; 429 beyond), so one
+    user cannot fill the collection; a repeat of a key costs nothing.
     """
     lifetime = timedelta(seconds=current_app.config["IDEMPOTENCY_KEY_TTL_SECONDS"])
+    claim = await _claim(owner, key, body_fingerprint, lifetime)
+    if claim.mine:
+        try:
+            await throttle.count_idempotency_key(owner)
+        except ApiError:
+            await store.release(claim.record)  # over the limit: the key stays unknown
+            raise
+    return claim
+
+
+async def _claim(owner: ObjectId, key: str, body_fingerprint: str, lifetime: timedelta) -> Claim:
     while True:
         now = utcnow()
         record: Record = {

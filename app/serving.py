@@ -26,6 +26,7 @@ import errno
 import glob
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -191,3 +192,23 @@ def _failed_address(trace: TracebackType | None) -> str:
         if isinstance(binding, tuple) and len(binding) >= 2:
             return f"{binding[0]}:{binding[1]}"
     return "the address to serve on"
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one; return the new soft limit.
+
+    Every connection is a file descriptor, and the usual soft limit (1,024)
+    lets a few thousand idle sockets stop a worker from accepting anyone.
+    The hard limit is what the operator allows; the soft one only a default.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as error:
+            logger.warning("could not raise the open-file limit from %d: %s", soft, error)
+            return soft
+        logger.info("open-file limit raised from %d to %d", soft, target)
+        return target
+    return soft

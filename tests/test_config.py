@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
+import string
 from pathlib import Path
 
 import pytest
 
-from config import ConfigError, check_production_settings, load_settings
+from config import ConfigError, check_production_settings, load_settings, looks_typed
 
 STRONG_SECRET = "3f9a0c7e51b24d68a1e0f5c2b7d94e3a6c1f8b05"
 
@@ -79,9 +81,42 @@ def test_bad_values_are_refused(tmp_path: Path) -> None:
             },
             "CORS_ORIGINS",
         ),
+        # Typed, not generated: a repeated run, or a run of consecutive characters.
+        ({"MONGO_URI": "mongodb://db", "JWT_SECRET_KEY": "abcdefghij" * 4}, "not random"),
+        (
+            {"MONGO_URI": "mongodb://db", "JWT_SECRET_KEY": "changeme-changeme-please-0123456789"},
+            "not random",
+        ),
+        (
+            {
+                "MONGO_URI": "mongodb://db",
+                "JWT_SECRET_KEY": "x9Qz!" + "0123456789" + "kP2w#mN7v$Lr",
+            },
+            "not random",
+        ),
+        (
+            {"MONGO_URI": "mongodb://db", "JWT_SECRET_KEY": STRONG_SECRET, "CORS_ORIGINS": "null"},
+            "null",
+        ),
+        (
+            {
+                "MONGO_URI": "mongodb://db",
+                "JWT_SECRET_KEY": STRONG_SECRET,
+                "JWT_ACCESS_TOKEN_EXPIRES": str(10 * 365 * 24 * 3600),
+            },
+            "JWT_ACCESS_TOKEN_EXPIRES is above its ceiling",
+        ),
+        (
+            {
+                "MONGO_URI": "mongodb://db",
+                "JWT_SECRET_KEY": STRONG_SECRET,
+                "SESSION_MAX_SECONDS": str(2 * 365 * 24 * 3600),
+            },
+            "SESSION_MAX_SECONDS",
+        ),
     ],
 )
-def test_production_refuses_unsafe_settings(  # each one a finding of the review
+def test_production_refuses_unsafe_settings(  # each one a finding of a review
     tmp_path: Path, environ: dict[str, str], named: str
 ) -> None:
     settings = load_settings(environ={"APP_ENV": "production", **environ}, instance_path=tmp_path)
@@ -99,3 +134,43 @@ def test_production_accepts_safe_settings(tmp_path: Path) -> None:
     check_production_settings(settings)
     assert settings["LOG_FORMAT"] == "json"
     assert settings["ARGON2_TIME_COST"] >= 3
+
+
+def test_long_lifetimes_need_an_explicit_override(tmp_path: Path) -> None:
+    environ = {
+        "APP_ENV": "production",
+        "MONGO_URI": "mongodb://db",
+        "JWT_SECRET_KEY": STRONG_SECRET,
+        "JWT_ACCESS_TOKEN_EXPIRES": str(2 * 24 * 3600),
+        "ALLOW_LONG_LIFETIMES": "true",
+    }
+    check_production_settings(load_settings(environ=environ, instance_path=tmp_path))
+
+
+def test_generated_secrets_are_accepted() -> None:
+    """The pattern checks refuse typed secrets, not random ones (a fixed sample of each form)."""
+    chooser = random.Random(17)
+    alphabets = [string.hexdigits[:16], string.ascii_letters + string.digits + "-_"]
+    for alphabet in alphabets:
+        for _ in range(300):
+            secret = "".join(chooser.choice(alphabet) for _ in range(64))
+            assert not looks_typed(secret), secret
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"TRUSTED_PROXY_COUNT": "1"}, "TRUSTED_PROXIES is empty"),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8, proxy.internal"}, "no address"),
+    ],
+)
+def test_trusted_proxies_must_be_addresses(
+    tmp_path: Path, environ: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(environ=environ, instance_path=tmp_path)
+    settings = load_settings(
+        environ={"TRUSTED_PROXY_COUNT": "1", "TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1, ::1"},
+        instance_path=tmp_path,
+    )
+    assert settings["TRUSTED_PROXY_COUNT"] == 1

@@ -7,6 +7,7 @@ reaches a stream on the other" is checked, not assumed.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import threading
@@ -20,9 +21,11 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from bson.timestamp import Timestamp
 from pymongo import MongoClient
 
 from app.embedded_db import EmbeddedDatabase, free_port
+from app.live.sse import EventIds, Position
 from scripts.devserver import ServerProcess, call, start_hypercorn, stop, wait_ready
 from scripts.sse_client import Event, EventStream, StreamClosed, serving_worker
 from tests.test_server import descendants
@@ -548,3 +551,82 @@ def test_a_worker_whose_position_left_the_history_resets_streams_and_rechecks_se
             kept.close()
     finally:
         database.stop()
+
+
+# Abuse resistance (contract 1.2): ids that cannot be forged, tickets spent only when served,
+# and a credential change that ends streams even when it is cut short.
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "1.1." + "82" * 40 + ".1.0123456789abcdef0123456789abcdef",  # a replay of all history
+        "{seconds}.1." + "82" * 40 + ".{seconds}." + "0" * 32,  # fresh, but unsigned
+    ],
+)
+def test_a_forged_last_event_id_gets_reset_without_a_replay(port: int, forged: str) -> None:
+    alice = user(port)
+    forged = forged.format(seconds=int(time.time()))
+    stream = open_stream(port, alice["access_token"], last_event_id=forged)
+    try:
+        reset = stream.next()
+        assert (reset.name, reset.data) == ("reset", {})
+        todo = create(port, alice["access_token"])
+        assert stream.next().data == todo
+    finally:
+        stream.close()
+
+
+def test_event_ids_are_signed_and_expire() -> None:
+    ids = EventIds("a secret of the app", max_age_seconds=60)
+    now = int(time.time())
+    fresh = Position(Timestamp(now, 3), {"_data": "82ab"})
+    assert ids.parse(ids.of(fresh)) == fresh
+    assert EventIds("another secret", 60).parse(ids.of(fresh)) is None
+    tampered = ids.of(fresh).replace(f"{now}.3.", f"{now}.2.", 1)
+    assert ids.parse(tampered) is None
+    old = Position(Timestamp(now - 61, 1), {"_data": "82ab"})
+    assert ids.parse(ids.of(old)) is None
+    started = Position(Timestamp(0, 0), {"_data": "82ab"}, opened_at=now)  # no change yet
+    assert ids.parse(ids.of(started)) == started
+
+
+def test_a_ticket_is_spent_only_by_a_request_that_is_served(port: int) -> None:
+    alice = user(port)
+    ticket = call(port, "POST", "/api/v1/todos/events/tickets", None, alice["access_token"])[1]
+    query = f"?ticket={ticket['ticket']}"
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("HEAD", "/api/v1/todos/events" + query)
+    head = connection.getresponse()
+    head.read()
+    assert head.status == 401
+    invalid = EventStream(port, query=query + "&colour=red")
+    assert (invalid.status, invalid.body["code"]) == (422, "validation_failed")
+    served = EventStream(port, query=query)
+    try:
+        assert served.status == 200
+    finally:
+        served.close()
+    spent = EventStream(port, query=query)
+    assert (spent.status, spent.body["code"]) == (401, "token_invalid")
+
+
+def test_a_raised_credential_floor_ends_the_users_streams(
+    server: tuple[int, ServerProcess, str], database_uri: str
+) -> None:
+    """A password change cut short after its first step still ends every stream."""
+    port, _, name = server
+    alice = user(port)
+    stream = open_stream(port, alice["access_token"])
+    try:
+        with MongoClient(database_uri) as client:
+            client[name]["sessions"].update_one(
+                {"_id": f"epoch:{alice['id']}"},
+                {"$max": {"min_epoch": 1}, "$set": {"pending_until": datetime.now(UTC)}},
+                upsert=True,
+            )
+        ends_with(stream, "revoked")
+    finally:
+        stream.close()
+    again = EventStream(port, alice["access_token"])
+    assert (again.status, again.body["code"]) == (401, "token_revoked")

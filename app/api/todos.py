@@ -43,7 +43,9 @@ OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 # commas outside quotes. Our tags are versions: decimal, no leading zero.
 ENTITY_TAG = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
 LIST_ELEMENT = re.compile(r'(?:[^,"]|"[^"]*")+')
-VERSION = re.compile(r"[1-9][0-9]*")
+# At most 18 digits: any version a todo can reach, and never an integer too
+# long for Python to parse (``If-Match: "<4,301 nines>"`` was a 500).
+VERSION = re.compile(r"[1-9][0-9]{0,17}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 R = TypeVar("R")
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bson import ObjectId
+
 from ..models.todos import todo_json
+from ..stores.sessions import BURNED, FLOOR_PREFIX
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,25 @@ def _after_update(change: dict[str, Any]) -> dict[str, Any] | None:
     return document
 
 
+def _session_change(change: dict[str, Any]) -> Ended | None:
+    """A session deleted or burned ends its streams; a raised floor ends its user's."""
+    key = change["documentKey"]["_id"]
+    operation = change["operationType"]
+    if isinstance(key, str) and key.startswith(FLOOR_PREFIX):
+        return Ended("user_id", ObjectId(key.removeprefix(FLOOR_PREFIX)))
+    if operation == "delete":
+        return Ended("session_id", key)
+    updated = (change.get("updateDescription") or {}).get("updatedFields") or {}
+    if updated.get("generation") == BURNED:
+        return Ended("session_id", key)
+    return None
+
+
 def route(change: dict[str, Any]) -> TodoEvent | Ended | None:
     collection = change["ns"]["coll"]
     operation = change["operationType"]
-    if collection == "sessions" and operation == "delete":
-        return Ended("session_id", change["documentKey"]["_id"])
+    if collection == "sessions":
+        return _session_change(change)
     if collection == "users" and operation == "delete":
         return Ended("user_id", change["documentKey"]["_id"])
     if collection != "todos":

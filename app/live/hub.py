@@ -103,6 +103,14 @@ class Hub:
     _reset_pending: bool = False
     _recheck: asyncio.Task[None] | None = None
     alarms: Alarms = field(default_factory=Alarms)  # the streams' heartbeats and expiries
+    ids: sse.EventIds = field(init=False)  # signs the event ids this worker hands out
+    #: Replays this worker runs at once (each reads the change history of every user).
+    replay_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.app.config
+        self.ids = sse.EventIds(config["JWT_SECRET_KEY"], config["EVENTS_REPLAY_MAX_MINUTES"] * 60)
+        self.replay_slots = asyncio.Semaphore(config["EVENTS_MAX_REPLAYS"])
 
     @property
     def metrics(self) -> MetricSet:
@@ -213,7 +221,7 @@ class Hub:
         try:
             if self.position is None and stream.resume_token is not None:
                 # No change seen yet: ids refer to where the stream began.
-                self.position = sse.Position(sse.ORIGIN, stream.resume_token)
+                self.position = sse.Position(sse.ORIGIN, stream.resume_token, int(time.time()))
             if not opened.done():
                 opened.set_result(None)
             if self._reset_pending:
@@ -250,7 +258,7 @@ class Hub:
         if isinstance(routed, TodoEvent):
             streams = self.subscribers.get(routed.owner)
             if streams:
-                frame = sse.event(routed.name, routed.data, position.event_id)
+                frame = sse.event(routed.name, routed.data, self.ids.of(position))
                 message = Message("event", frame, position)
                 for subscriber in list(streams):
                     subscriber.offer(message)
@@ -262,11 +270,13 @@ class Hub:
     def reset_frame(self) -> bytes:
         """A ``reset`` event whose id is where the worker's change stream now stands."""
         position = self.position
-        return sse.event("reset", {}, position.event_id if position is not None else None)
+        return sse.event("reset", {}, self.ids.of(position) if position is not None else None)
 
     def _reset(self, token: dict[str, Any] | None) -> None:
         """Tell every stream to refetch; then re-check the sessions behind them."""
-        self.position = sse.Position(sse.ORIGIN, token) if token is not None else None
+        self.position = (
+            sse.Position(sse.ORIGIN, token, int(time.time())) if token is not None else None
+        )
         frame = self.reset_frame()
         for subscriber in self._everyone():
             subscriber.offer(Message("reset", frame))

@@ -88,7 +88,7 @@ class EventStream:
         self._last_event_id = last_event_id
         # Bounded by EVENTS_QUEUE_SIZE; a list, since an empty deque takes about 600 bytes.
         self._mailbox: list[Message] = []
-        self._sent = _Sent(live_hub.position)
+        self._sent = _Sent(live_hub.position, live_hub.ids)
         self._send: ASGISendCallable | None = None
         self._task: asyncio.Task[Any] | None = None  # the response's task
         self._writer: asyncio.Task[None] | None = None
@@ -228,14 +228,20 @@ class EventStream:
     # -- the replay ----------------------------------------------------------
 
     async def _replay(self, last_event_id: str) -> None:
-        """Every change of the caller after ``last_event_id`` up to now, or one ``reset``."""
-        position = sse.parse_event_id(last_event_id)
-        if position is None:
+        """Every change of the caller after ``last_event_id`` up to now, or one ``reset``.
+
+        Only an id this API signed and young enough is replayed from, and only
+        while the worker has a replay slot free: anything else is ``reset``
+        (the client refetches) without a read of the history.
+        """
+        position = self._hub.ids.parse(last_event_id)
+        slots = self._hub.replay_slots
+        if position is None or slots.locked():
             await self._write(self._hub.reset_frame())
             return
         self._sent.last = position
         try:
-            async with self._hub.app.app_context():  # the replay reads the database
+            async with slots, self._hub.app.app_context():  # the replay reads the database
                 await self._write_changes_since(position)
         except PyMongoError as error:  # opening or reading: the position may be gone
             if not changes.cannot_resume(error):
@@ -245,7 +251,7 @@ class EventStream:
 
     async def _write_changes_since(self, position: sse.Position) -> None:
         """The caller's changes from the database's history after ``position``, until caught up."""
-        stream = await changes.open_stream(position.token)
+        stream = await changes.open_stream(position.token, self.user_id, self.session_id)
         try:
             while not self._finished:
                 change = await stream.try_next()
@@ -264,7 +270,7 @@ class EventStream:
         routed = route(change)
         position = sse.Position(change["clusterTime"], change["_id"])
         if isinstance(routed, TodoEvent) and routed.owner == self.user_id:
-            frame = sse.event(routed.name, routed.data, position.event_id)
+            frame = sse.event(routed.name, routed.data, self._sent.ids.of(position))
             sent = self._sent.frame_for(Message("event", frame, position))
             if sent is not None:
                 self._hub.metrics.delivered_replay.inc()
@@ -278,17 +284,18 @@ class EventStream:
 class _Sent:
     """What this stream has sent so far, so nothing goes out twice."""
 
-    __slots__ = ("ended", "last", "start")
+    __slots__ = ("ended", "ids", "last", "start")
 
-    def __init__(self, start: sse.Position | None) -> None:
+    def __init__(self, start: sse.Position | None, ids: sse.EventIds) -> None:
         self.start = start  # the hub's position when the stream opened
+        self.ids = ids
         self.last: sse.Position | None = None
         self.ended = False
 
     def event_id(self) -> str | None:
         """The id for an event that is not a change: the position the client has reached."""
         position = self.last or self.start
-        return position.event_id if position is not None else None
+        return self.ids.of(position) if position is not None else None
 
     def frame_for(self, message: Message) -> bytes | None:
         if message.kind == "event":
