@@ -27,6 +27,7 @@ from quart_jwt_extended import JWTManager, create_access_token, create_refresh_t
 from quart_schema import security_scheme
 from quart_schema.validation import QUART_SCHEMA_QUERYSTRING_ATTRIBUTE
 
+from . import throttle
 from .clock import utcnow
 from .errors import ApiError, problem_response, unauthorized
 from .stores import sessions, tickets
@@ -214,7 +215,8 @@ def require_access(view: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         claims = _verified_claims("access")
         await _enter_session(claims.session_id, claims.user_id, claims.expires_at)
-        return await view(*args, **kwargs)
+        with throttle.user_shares().hold(claims.user_id):
+            return await view(*args, **kwargs)
 
     return wrapper
 
@@ -241,7 +243,8 @@ def require_access_or_ticket(view: Callable[P, Awaitable[R]]) -> Callable[P, Awa
             await _enter_ticket(await tickets.redeem(ticket))
         else:
             await _enter_ticket(await tickets.find(ticket))
-        return await view(*args, **kwargs)
+        with throttle.user_shares().hold(current_user().id):
+            return await view(*args, **kwargs)
 
     return wrapper
 
@@ -312,6 +315,7 @@ def init_app(app: Quart, jwt: JWTManager) -> None:
     app.config["JWT_ACCESS_TOKEN_EXPIRES"] = int(app.config["JWT_ACCESS_TOKEN_EXPIRES"])
     app.config["JWT_REFRESH_TOKEN_EXPIRES"] = int(app.config["JWT_REFRESH_TOKEN_EXPIRES"])
     jwt.init_app(app)  # also fills in the library's defaults read below
+    app.extensions["user_shares"] = throttle.UserShares(app.config["USER_CONCURRENT_REQUESTS"])
     app.extensions["token_verifier"] = TokenVerifier(
         app.config["JWT_SECRET_KEY"],
         app.config["JWT_ALGORITHM"],

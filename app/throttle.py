@@ -28,8 +28,9 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
 
@@ -220,3 +221,42 @@ async def count_idempotency_key(user_id: ObjectId) -> Reservation:
 def log_failed_login(username: str) -> None:
     """One line operators can feed to their blocking tools (never the password or the name)."""
     logger.warning("failed login: username=%s address=%s", username_tag(username), client_address())
+
+
+@dataclass
+class UserShares:
+    """Each user's share of one process's concurrent requests (contract rule 10c).
+
+    Counted in the process, not the database: it is about this process's
+    event loop and connections, and costs a dictionary update per request.
+    A request holds its share until its view ends, also when it outlived
+    its answer (the request deadline), since its work goes on until then.
+    """
+
+    limit: int
+    in_flight: dict[ObjectId, int] = field(default_factory=dict)
+
+    @contextmanager
+    def hold(self, user_id: ObjectId) -> Iterator[None]:
+        count = self.in_flight.get(user_id, 0)
+        if count >= self.limit:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "Too many of your requests are in progress; wait for them to finish.",
+                headers={"Retry-After": "1"},
+            )
+        self.in_flight[user_id] = count + 1
+        try:
+            yield
+        finally:
+            left = self.in_flight[user_id] - 1
+            if left:
+                self.in_flight[user_id] = left
+            else:
+                del self.in_flight[user_id]
+
+
+def user_shares() -> UserShares:
+    shares: UserShares = current_app.extensions["user_shares"]
+    return shares

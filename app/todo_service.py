@@ -189,13 +189,24 @@ async def clear_completed(owner: ObjectId) -> int:
 
 
 async def list_page(owner: ObjectId, query: ListQuery) -> tuple[list[Todo], str | None]:
-    """One page in keyset order, and the cursor of the next (None on the last page)."""
+    """One page in keyset order, and the cursor of the next (None on the last page).
+
+    A filtered page examines at most ``LIST_SCAN_LIMIT`` todos: when they
+    run out first, the page holds what matched so far (maybe nothing) and the
+    cursor continues after the last todo examined.
+    """
     filters = query.filters()
     bound_to = cursors.binding(owner, query.sort, filters)
     after = cursors.decode(query.cursor, bound_to) if query.cursor is not None else None
-    todos = await store.page(owner, filters, query.sort, after, query.limit + 1)
-    if len(todos) <= query.limit:
+    scan_limit: int = current_app.config["LIST_SCAN_LIMIT"]
+    todos, edge = await store.page(
+        owner, filters, query.sort, after, query.limit + 1, max(scan_limit, query.limit + 1)
+    )
+    if len(todos) > query.limit:
+        last = todos[query.limit - 1]
+    elif edge is not None:
+        last = edge
+    else:
         return todos, None
-    last = todos[query.limit - 1]
     next_cursor = cursors.encode(bound_to, store.sort_value(last, query.sort), last["_id"])
     return todos[: query.limit], next_cursor

@@ -525,3 +525,49 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
         check=True,
     )
     assert result.stdout.split()[0] == "True", result.stdout + result.stderr
+
+
+# 5. One user cannot starve others (rule 10c).
+
+
+@pytest.mark.settings(**SLOW_HASH, USER_CONCURRENT_REQUESTS=2, PASSWORD_HASH_SLOTS=16)
+async def test_a_users_share_of_concurrent_requests_is_bounded(api: Api, app: Quart) -> None:
+    greedy = await api.headers("greedy")
+    other = await api.headers("other")
+    responses = await asyncio.gather(
+        *(
+            api.client.delete(f"{AUTH}/me", json={"password": WRONG}, headers=greedy)
+            for _ in range(6)
+        ),
+        api.client.get(f"{AUTH}/me", headers=other),
+    )
+    *greedy_statuses, other_status = [response.status_code for response in responses]
+    assert sorted(greedy_statuses) == [401, 401, 429, 429, 429, 429]
+    assert other_status == 200
+    for response in responses[:6]:
+        if response.status_code == 429:
+            await problem(response, 429, "rate_limited")
+            assert response.headers["Retry-After"] == "1"
+    assert app.extensions["user_shares"].in_flight == {}
+    assert (await api.client.get(f"{AUTH}/me", headers=greedy)).status_code == 200
+
+
+@pytest.mark.settings(LIST_SCAN_LIMIT=5)
+async def test_a_filtered_page_examines_a_bounded_number_of_todos(api: Api) -> None:
+    headers = await api.headers("alice")
+    titles = [f"needle {i}" if i in {2, 8, 9} else f"hay {i}" for i in range(13)]
+    for title in titles:
+        assert (await api.client.post(TODOS, json={"title": title}, headers=headers)).status_code
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        query = {"q": "needle", "limit": "2", "sort": "created_at"}
+        if cursor is not None:
+            query["cursor"] = cursor
+        body = await (await api.client.get(TODOS, query_string=query, headers=headers)).get_json()
+        pages.append([todo["title"] for todo in body["items"]])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    # Each page examined at most 5 todos: the needles come in short pages, none twice.
+    assert pages == [["needle 2"], ["needle 8", "needle 9"], []]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -342,32 +342,44 @@ async def release_counters(owners: list[ObjectId], until: datetime) -> None:
     )
 
 
+#: How many todos one page examines in sort order, unless the caller says.
+SCAN_LIMIT = 500
+
+
 def list_pipeline(
     owner: ObjectId,
     filters: dict[str, Any],
     sort: str,
     after: tuple[datetime, ObjectId] | None,
     limit: int,
+    scan_limit: int = SCAN_LIMIT,
 ) -> list[dict[str, Any]]:
-    """The aggregation pipeline of one page: match, sort, limit.
+    """The aggregation pipeline of one page: match, sort, limit; filters in a bounded scan.
 
     Shaped for both engines (measured in ``scripts/list_plans.py``):
 
     - The first ``$match`` is what the indexes serve: the owner (the shard
-      key too, so a page is read on one shard). SecantusDB plans an index
-      only for a filter of plain fields (a top-level ``$and``/``$or`` sends
-      it to a collection scan) and always sorts in memory, so a page costs
-      the owner's todos, never other users'.
-    - Every other condition goes in a second ``$match``, which SecantusDB
-      applies to those todos alone; it always leaves out the owner's quota
-      counter.
+      key too, so a page is read on one shard), and past a cursor the sort
+      field's range (a plain-field range, which SecantusDB plans on the index
+      too, so a later page reads only the todos beyond it). SecantusDB plans
+      an index only for a filter of plain fields (a top-level ``$and``/``$or``
+      sends it to a collection scan), so what leaves out the owner's quota
+      counter and the exact keyset condition (ties broken by id) are a second
+      ``$match``, applied to those todos alone.
+    - Without other filters the page is the first ``limit`` todos.
+    - With filters (``q``, ``tag``, ``completed``, due bounds), at most
+      ``scan_limit`` todos in sort order are examined; a ``$facet`` returns
+      the matches and the last todo examined (``edge``), where the next page
+      continues when the scan ended before the page was full (contract rule
+      10c: a page's work is bounded whatever the owner stores).
     - No index hint: SecantusDB walks a hinted index from end to end (every
-      owner's entries), while MongoDB merges the two ``$match`` stages and
-      picks the (owner, sort field, _id) index for the sort by itself.
+      owner's entries), while MongoDB merges the ``$match`` stages and
+      picks the (owner, sort field, _id) index for the sort by itself, so its
+      sort and limit stop after the todos examined.
     """
     field = SORT_FIELDS[sort.lstrip("-")]
     direction = DESCENDING if sort.startswith("-") else ASCENDING
-    rest: list[dict[str, Any]] = [TODOS_ONLY]
+    rest: list[dict[str, Any]] = []
     if filters.get("tag") is not None:
         rest.append({"tags": filters["tag"]})
     if filters.get("completed") is not None:
@@ -389,10 +401,14 @@ def list_pipeline(
                 ]
             }
         )
+    first: dict[str, Any] = {"owner": owner}
+    todos_only: list[dict[str, Any]] = [TODOS_ONLY]
     if after is not None:
         beyond = "$gt" if direction == ASCENDING else "$lt"
         last_value, last_id = after
-        rest.append(
+        if (bound := _from(last_value, direction)) is not None:
+            first[field] = bound
+        todos_only.append(
             {
                 "$or": [
                     {field: {beyond: last_value}},
@@ -400,9 +416,37 @@ def list_pipeline(
                 ]
             }
         )
-    pipeline: list[dict[str, Any]] = [{"$match": {"owner": owner}}, {"$match": {"$and": rest}}]
-    pipeline += [{"$sort": {field: direction, "_id": direction}}, {"$limit": limit}]
-    return pipeline
+    pipeline: list[dict[str, Any]] = [
+        {"$match": first},
+        {"$match": {"$and": todos_only}},
+        {"$sort": {field: direction, "_id": direction}},
+    ]
+    if not rest:
+        return [*pipeline, {"$limit": limit}]
+    return [
+        *pipeline,
+        {"$limit": scan_limit},
+        {
+            "$facet": {
+                "items": [{"$match": {"$and": rest}}, {"$limit": limit}],
+                "edge": [{"$skip": scan_limit - 1}, {"$project": {field: 1}}],
+            }
+        },
+    ]
+
+
+def _from(value: datetime, direction: int) -> dict[str, datetime] | None:
+    """The index range from ``value`` on, in ``direction``, ``value`` included.
+
+    Downwards it is ``$lt`` the next millisecond (dates are stored to the
+    millisecond): SecantusDB 0.7.0b3 answers ``$lte`` on an indexed date
+    wrongly (it dropped every smaller date), ``$lt`` rightly.
+    """
+    if direction == ASCENDING:
+        return {"$gte": value}
+    if value >= NO_DUE_DATE:
+        return None  # nothing is greater: the whole range, the keyset ``$or`` decides
+    return {"$lt": value + timedelta(milliseconds=1)}
 
 
 def sort_value(todo: Todo, sort: str) -> datetime:
@@ -417,6 +461,15 @@ async def page(
     sort: str,
     after: tuple[datetime, ObjectId] | None,
     limit: int,
-) -> list[Todo]:
-    """Up to ``limit`` todos after the ``after`` position, in ``sort`` order."""
-    return await aggregate(_todos(), list_pipeline(owner, filters, sort, after, limit))
+    scan_limit: int = SCAN_LIMIT,
+) -> tuple[list[Todo], Todo | None]:
+    """Up to ``limit`` todos after the ``after`` position, in ``sort`` order, and the
+    last todo a filtered scan examined when it ran out before finding ``limit``."""
+    pipeline = list_pipeline(owner, filters, sort, after, limit, scan_limit)
+    result = await aggregate(_todos(), pipeline)
+    if pipeline[-1].get("$facet") is None:
+        return result, None
+    facet = result[0] if result else {"items": [], "edge": []}
+    items: list[Todo] = facet["items"]
+    edge: list[Todo] = facet["edge"]
+    return items, (edge[0] if edge and len(items) < limit else None)
