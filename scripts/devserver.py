@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -35,9 +36,20 @@ class ServerProcess(subprocess.Popen[bytes]):
     """
 
     def __init__(
-        self, command: list[str], env: dict[str, str], log_path: Path, own_group: bool = False
+        self,
+        command: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        own_group: bool = False,
+        open_files: int | None = None,
     ) -> None:
         self.log_path = log_path
+
+        def limit_open_files() -> None:  # in the child, before hypercorn starts
+            if open_files is not None:
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
+
         with log_path.open("ab") as log:
             super().__init__(
                 command,
@@ -46,6 +58,7 @@ class ServerProcess(subprocess.Popen[bytes]):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=own_group,
+                preexec_fn=limit_open_files if open_files is not None else None,
             )
 
     def output(self) -> str:
@@ -59,8 +72,13 @@ def start_hypercorn(
     log: Path | None = None,
     application: str = "asgi:app",
     own_process_group: bool = False,
+    open_files: int | None = None,
 ) -> ServerProcess:
-    """The Dockerfile's command on a loopback port, logging to ``log`` (or a temp file)."""
+    """The Dockerfile's command on a loopback port, logging to ``log`` (or a temp file).
+
+    ``open_files`` starts it with that soft limit on open files, as many
+    systems do by default (1,024).
+    """
     if log is None:
         handle, name = tempfile.mkstemp(prefix="hypercorn-", suffix=".log")
         os.close(handle)
@@ -79,6 +97,7 @@ def start_hypercorn(
         {**os.environ, **env},
         log,
         own_group=own_process_group,
+        open_files=open_files,
     )
 
 
