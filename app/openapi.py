@@ -69,6 +69,11 @@ HEADERS: dict[str, dict[str, Any]] = {
         ),
         "schema": {"type": "string", "enum": ["private, no-cache", "no-store"]},
     },
+    # Sent by app/hooks.py with every ETag (a private response) under /api/v1.
+    "Vary": {
+        "description": "`Authorization`: a private cache keeps one copy per caller.",
+        "schema": {"type": "string"},
+    },
     "X-Content-Type-Options": {"schema": {"type": "string", "const": "nosniff"}},
     "Referrer-Policy": {"schema": {"type": "string", "const": "no-referrer"}},
     "Content-Security-Policy": {
@@ -124,7 +129,7 @@ REQUEST_HEADERS: dict[str, dict[str, Any]] = {
 #: Headers each problem status always carries besides X-Request-ID.
 PROBLEM_HEADERS = {
     401: ["WWW-Authenticate"],
-    412: ["ETag"],
+    412: ["ETag", "Vary"],
     429: ["Retry-After"],
     503: ["Retry-After"],
 }
@@ -496,10 +501,11 @@ class ApiOpenAPIProvider(OpenAPIProvider):
             response["description"] = (
                 response.get("description") or HTTPStatus(int(status_code)).phrase
             )
+            names = named.get(status_code, [])
             response["headers"] = _header_refs(
                 COMMON_HEADERS,
                 BODY_HEADERS if set(response.get("content", {})) - {EVENT_STREAM_TYPE} else [],
-                named.get(status_code, []),
+                [*names, "Vary"] if "ETag" in names else names,
             )
         for name in getattr(func, REQUEST_HEADERS_ATTRIBUTE, ()):
             operation["parameters"].append({"name": name, "in": "header", **REQUEST_HEADERS[name]})

@@ -272,31 +272,28 @@ def require_refresh(view: Callable[..., Awaitable[R]]) -> Callable[..., Awaitabl
 
     The view gets ``claims`` whose ``generation`` is the new one and whose
     ``expires_at`` is the session's new expiry. A refresh token that is not
-    the session's current one closes the session, in the same write that
-    finds out (``stores.sessions.rotate``).
+    the session's current one closes the session: burning it is the first
+    and only write that acts on the reuse (``stores.sessions.rotate``).
     """
 
     @security_scheme(BEARER_SECURITY)
     @wraps(view)
     async def wrapper(*args: Any, **kwargs: Any) -> R:
         claims = _verified_claims("refresh")
-        if await sessions.find_open(claims.session_id, claims.user_id) is None:
+        session = await sessions.find_open(claims.session_id, claims.user_id)
+        if session is None or session["user_id"] != claims.user_id:
             if await sessions.exists(claims.session_id) and not await sessions.close(
                 claims.session_id, claims.user_id
             ):
                 raise _token_invalid()  # another user's session: forged or corrupt
             raise session_revoked()
-        rotation = await sessions.rotate(
-            claims.session_id, claims.user_id, claims.generation, refresh_lifetime()
-        )
+        rotation = await sessions.rotate(session, claims.generation, refresh_lifetime())
         if rotation.burned:
             # Reuse of a spent refresh token: the session is closed, a thief may hold it.
             await sessions.close(claims.session_id, claims.user_id)
             raise session_revoked()
         if rotation.generation is None or rotation.expires_at is None:
-            if await sessions.exists(claims.session_id):
-                raise _token_invalid()  # another user's session: forged or corrupt
-            raise session_revoked()
+            raise session_revoked()  # expired or closed meanwhile
         rotated = TokenClaims(
             claims.user_id, claims.session_id, rotation.generation, rotation.expires_at
         )

@@ -413,6 +413,8 @@ def start_targets(
         "REGISTRATIONS_PER_ADDRESS": "1000000",
         "LOGIN_ATTEMPTS_PER_ADDRESS": "1000000",
         "TODOS_PER_USER": "10000000",
+        # wrk's connections all act for a few users: measure throughput, not fairness.
+        "USER_CONCURRENT_REQUESTS": "1000000",
         "WEB_CONCURRENCY": str(args.workers),
     }
     upgrade_schema(production)  # the release step: production refuses an older schema

@@ -62,7 +62,8 @@ def api_server(
 
 @pytest.fixture(scope="module")
 def server(database_uri: str) -> Iterator[tuple[int, ServerProcess, str]]:
-    with api_server(database_uri, {"EVENTS_MAX_STREAMS_PER_USER": "3"}) as running:
+    settings = {"EVENTS_MAX_STREAMS_PER_USER": "3", "REGISTRATIONS_PER_ADDRESS": "1000"}
+    with api_server(database_uri, settings) as running:
         yield running
 
 

@@ -285,7 +285,7 @@ async def test_the_todo_quota_is_409_and_frees_up_on_delete(api: Api, db: Any) -
     assert await db["todos"].count_documents(TODO_DOCS) == 4
 
 
-@pytest.mark.settings(TODOS_PER_USER=5)
+@pytest.mark.settings(TODOS_PER_USER=5, USER_CONCURRENT_REQUESTS=100)
 async def test_concurrent_creates_never_pass_the_quota(api: Api, db: Any) -> None:
     alice = await api.headers("alice")
     responses = await asyncio.gather(
@@ -541,7 +541,7 @@ async def keep_creating(
             return
 
 
-@pytest.mark.settings(**SLOW_HASH)
+@pytest.mark.settings(**SLOW_HASH, USER_CONCURRENT_REQUESTS=100)
 async def test_creates_racing_an_account_deletion_leave_no_todo_behind(api: Api, db: Any) -> None:
     """A create that passed its session check just before the deletion closed the
     sessions must not land after the todos were deleted (before the fix, two to

@@ -135,7 +135,7 @@ def seed_heavy_user(database: EmbeddedDatabase, database_name: str, owner_id: st
 )
 def test_one_heavy_user_searching_does_not_starve_another(database: EmbeddedDatabase) -> None:
     """The review's scenario: four concurrent searches over 3,000 todos of 10 KB notes."""
-    server, process = start_api(database)
+    server, process = start_api(database, settings={"USER_CONCURRENT_REQUESTS": "4"})
     try:
         heavy = signed_in(server.port, "heavy")
         light = signed_in(server.port, "light")

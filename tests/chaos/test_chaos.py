@@ -61,6 +61,8 @@ def start_api(
             "LOG_LEVEL": "INFO",
             "MONGO_URI": database.uri,
             "MONGO_DB": name,
+            # The scenarios' many clients act for one user: they test faults, not fairness.
+            "USER_CONCURRENT_REQUESTS": "1000",
             **(QUICK_BOUNDS if settings is None else settings),
         },
         workers,
