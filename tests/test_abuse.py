@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,13 @@ from app.embedded_db import EmbeddedDatabase
 from config import PROJECT_ROOT
 from tests.conftest import PASSWORD, SESSION_DOCS, Api, bearer
 from tests.test_auth import problem
-from tests.test_hardening import NEW_PASSWORD, SLOW_HASH, from_address, login_body
+from tests.test_hardening import (
+    NEW_PASSWORD,
+    SLOW_HASH,
+    from_address,
+    hypercorn_setting,
+    login_body,
+)
 
 AUTH = "/api/v1/auth"
 TODOS = "/api/v1/todos"
@@ -221,17 +228,27 @@ def delete_account(api: Api) -> Any:
     return delete
 
 
-@pytest.mark.settings(**ROOMY)
-async def test_a_password_change_cut_short_anywhere_leaves_no_old_session_working(
-    api: Api, app: Quart
-) -> None:
-    seen: set[int] = set()
-    change = change_password(api)
+async def cut_rounds(
+    api: Api, app: Quart, change: Any
+) -> AsyncIterator[tuple[str, list[dict[str, Any]], int, int]]:
+    """For each cut point: a fresh user with two sessions, the change cut there.
+
+    Yields the user's name, the sessions, the deadline and the answer's status.
+    """
     for round_number, deadline_ms in enumerate(await cut_points(api, change)):
         name = f"user{round_number}"
         await api.register(name)
         sessions = [await api.login(name), await api.login(name)]
         status = await cut_short(app, deadline_ms, change(sessions[0]["access_token"]))
+        yield name, sessions, deadline_ms, status
+
+
+@pytest.mark.settings(**ROOMY)
+async def test_a_password_change_cut_short_anywhere_leaves_no_old_session_working(
+    api: Api, app: Quart
+) -> None:
+    seen: set[int] = set()
+    async for name, sessions, deadline_ms, status in cut_rounds(api, app, change_password(api)):
         seen.add(status)
         assert status in {204, 503}, status
         working = await old_sessions_working(api, sessions)
@@ -251,12 +268,7 @@ async def test_an_account_deletion_cut_short_anywhere_leaves_no_old_session_work
     api: Api, app: Quart, db: Any
 ) -> None:
     seen: set[int] = set()
-    delete = delete_account(api)
-    for round_number, deadline_ms in enumerate(await cut_points(api, delete)):
-        name = f"user{round_number}"
-        await api.register(name)
-        sessions = [await api.login(name), await api.login(name)]
-        status = await cut_short(app, deadline_ms, delete(sessions[0]["access_token"]))
+    async for name, sessions, deadline_ms, status in cut_rounds(api, app, delete_account(api)):
         seen.add(status)
         working = await old_sessions_working(api, sessions)
         can_log_in = (await login(api, login_body(name))).status_code == 200
@@ -498,25 +510,6 @@ def test_the_embedded_databases_files_are_private(tmp_path: Path) -> None:
     assert all(stat.S_IMODE(path.stat().st_mode) & 0o077 == 0 for path in files), [
         (path.name, oct(path.stat().st_mode)) for path in files
     ]
-
-
-def hypercorn_setting(name: str, environ: dict[str, str] | None = None) -> str:
-    """A setting of the hypercorn config file as the master process loads it."""
-    script = (
-        "from hypercorn.config import Config;"
-        f"print(repr(getattr(Config.from_pyfile('hypercorn_conf.py'), {name!r})))"
-    )
-    env = {"PATH": "/usr/bin:/bin", "MONGO_URI": "mongodb://127.0.0.1:1", **(environ or {})}
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout.strip().splitlines()[-1]
 
 
 def test_hypercorn_sends_no_banner_and_drops_idle_connections_in_seconds() -> None:

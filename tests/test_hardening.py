@@ -365,10 +365,16 @@ def test_development_secret_is_random_per_instance_and_kept(tmp_path: Path) -> N
 def test_hypercorn_binds_loopback_unless_production_or_bind(
     environ: dict[str, str], bind: str
 ) -> None:
+    assert hypercorn_setting("bind", environ) == repr([bind])
+
+
+def hypercorn_setting(name: str, environ: dict[str, str] | None = None) -> str:
+    """A setting of the hypercorn config file as the master process loads it."""
     script = (
-        "from hypercorn.config import Config;print(Config.from_pyfile('hypercorn_conf.py').bind)"
+        "from hypercorn.config import Config;"
+        f"print(repr(getattr(Config.from_pyfile('hypercorn_conf.py'), {name!r})))"
     )
-    env = {"PATH": "/usr/bin:/bin", "MONGO_URI": "mongodb://127.0.0.1:1", **environ}
+    env = {"PATH": "/usr/bin:/bin", "MONGO_URI": "mongodb://127.0.0.1:1", **(environ or {})}
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=PROJECT_ROOT,
@@ -378,7 +384,7 @@ def test_hypercorn_binds_loopback_unless_production_or_bind(
         timeout=60,
         check=True,
     )
-    assert result.stdout.strip() == repr([bind])
+    return result.stdout.strip().splitlines()[-1]
 
 
 async def test_session_ids_are_random_128_bit_strings(api: Api, db: Any) -> None:
