@@ -37,6 +37,7 @@ from todo_api_client.models import (
     Deleted,
     Index,
     LoginBody,
+    LoginTokens,
     Priority,
     Problem,
     Sort,
@@ -79,7 +80,7 @@ def is_utc(moment: datetime) -> bool:
     return moment.utcoffset() == timedelta(0)
 
 
-def accounts(base_url: str) -> TokenPair:
+def accounts(base_url: str) -> LoginTokens:
     public = Client(base_url=base_url, raise_on_unexpected_status=True)
     index = expect(get_index.sync_detailed(client=public), 200, Index)
     assert index.links.docs == "/docs"
@@ -90,8 +91,8 @@ def accounts(base_url: str) -> TokenPair:
     wrong = LoginBody(username=USERNAME, password="not the password")
     expect_problem(log_in.sync_detailed(client=public, body=wrong), 401, "invalid_credentials")
     login = LoginBody(username=USERNAME, password=PASSWORD)
-    tokens = expect(log_in.sync_detailed(client=public, body=login), 200, TokenPair)
-    assert tokens.token_type == "Bearer" and tokens.expires_in > 0
+    tokens = expect(log_in.sync_detailed(client=public, body=login), 200, LoginTokens)
+    assert tokens.token_type == "Bearer" and tokens.expires_in > 0 and tokens.device_token
     client = AuthenticatedClient(base_url=base_url, token=tokens.access_token)
     me = expect(get_account.sync_detailed(client=client), 200, UserOut)
     assert me.id == user.id and me.created_at == user.created_at
