@@ -282,6 +282,37 @@ async def test_an_account_deletion_cut_short_anywhere_leaves_no_old_session_work
     assert seen == {204, 503}
 
 
+@pytest.mark.settings(**ROOMY)
+async def test_a_refresh_reuse_cut_short_anywhere_closes_the_session_or_changes_nothing(
+    api: Api, app: Quart
+) -> None:
+    async def reuse(spent: str) -> Any:
+        return await api.client.post(f"{AUTH}/refresh", headers=bearer(spent))
+
+    await api.register("measure")
+    first = await api.login("measure")
+    await reuse(first["refresh_token"])  # rotates: the token is spent now
+    began = time.monotonic()
+    await problem(await reuse(first["refresh_token"]), 401, "token_revoked")
+    span = max(10, round((time.monotonic() - began) * 1000 * 1.3))
+    seen: set[int] = set()
+    for round_number, deadline_ms in enumerate(range(1, span + 1, max(1, span // 35))):
+        tokens = await api.user_tokens(f"user{round_number}")
+        newest = await (await reuse(tokens["refresh_token"])).get_json()
+        status = await cut_short(app, deadline_ms, reuse(tokens["refresh_token"]))
+        seen.add(status)
+        assert status in {401, 503}, status
+        working = await old_sessions_working(api, [newest])
+        if status == 401:
+            assert working == 0, deadline_ms  # the reuse closed the session
+        elif working:
+            # Cut before its one write: nothing happened, and presenting the
+            # spent token again closes the session as usual.
+            await problem(await reuse(tokens["refresh_token"]), 401, "token_revoked")
+            assert await old_sessions_working(api, [newest]) == 0
+    assert seen == {401, 503}
+
+
 async def test_a_change_cut_short_after_voiding_the_sessions_locks_nobody_out(
     api: Api, db: Any
 ) -> None:
