@@ -110,20 +110,20 @@ async def _hold_or_withdraw(session: sessions.Session, epoch: int) -> None:
     floor = await sessions.floor_of(user_id)
     if not await users.credentials_unchanged(user_id, epoch):
         # The password changed or the account went while we verified.
-        await sessions.close(session["_id"])
+        await sessions.close(session["_id"], user_id)
         raise _invalid_credentials()
     if floor.min_epoch <= epoch:
         return
     pending = floor.pending_until is not None and floor.pending_until > utcnow()
     if pending or not await users.settle_epoch(user_id, epoch, floor.min_epoch):
-        await sessions.close(session["_id"])  # a change is under way: it voids this session
+        await sessions.close(session["_id"], user_id)  # a change under way voids it
         raise _invalid_credentials()
-    await sessions.move_to_epoch(session["_id"], floor.min_epoch)
+    await sessions.move_to_epoch(session, floor.min_epoch)
     session["credential_epoch"] = floor.min_epoch
 
 
 async def log_out(caller: CurrentUser) -> None:
-    await sessions.close(caller.session_id)
+    await sessions.close(caller.session_id, caller.id)
 
 
 async def _confirm_password(caller: CurrentUser, password: str) -> users.User:

@@ -192,12 +192,14 @@ def session_revoked() -> ApiError:
 
 
 async def _enter_session(session_id: str, user_id: ObjectId, token_expires_at: datetime) -> None:
-    """Make the caller ``user_id`` in ``session_id``, if that session is open and theirs."""
+    """Make the caller ``user_id`` in ``session_id``, if that session is open and theirs.
+
+    Another user's session is not found, like a closed one (a token naming
+    one was signed with the key, so it can only come from a leaked key).
+    """
     session = await sessions.find_open(session_id, user_id)
     if session is None:
         raise session_revoked()
-    if session["user_id"] != user_id:
-        raise _token_invalid()  # signed for another user: forged or corrupt
     g.current_user = CurrentUser(
         session["user_id"],
         session["username"],
@@ -281,11 +283,9 @@ def require_refresh(view: Callable[..., Awaitable[R]]) -> Callable[..., Awaitabl
     async def wrapper(*args: Any, **kwargs: Any) -> R:
         claims = _verified_claims("refresh")
         session = await sessions.find_open(claims.session_id, claims.user_id)
-        if session is None or session["user_id"] != claims.user_id:
-            if await sessions.exists(claims.session_id) and not await sessions.close(
-                claims.session_id, claims.user_id
-            ):
-                raise _token_invalid()  # another user's session: forged or corrupt
+        if session is None:
+            # Closed, expired, void, or another user's: close what is the caller's.
+            await sessions.close(claims.session_id, claims.user_id)
             raise session_revoked()
         rotation = await sessions.rotate(session, claims.generation, refresh_lifetime())
         if rotation.burned:

@@ -318,7 +318,7 @@ async def test_a_change_cut_short_after_voiding_the_sessions_locks_nobody_out(
 ) -> None:
     user = await api.register("alice")
     old = await api.login("alice")
-    floor = {"_id": f"epoch:{user['id']}"}
+    floor = {"_id": f"epoch:{user['id']}", "user_id": ObjectId(user["id"])}
     # Voided, then the request died: its lease has run out.
     await db["sessions"].insert_one({**floor, "min_epoch": 1, "pending_until": utcnow()})
     assert await old_sessions_working(api, [old]) == 0

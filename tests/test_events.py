@@ -622,7 +622,7 @@ def test_a_raised_credential_floor_ends_the_users_streams(
     try:
         with MongoClient(database_uri) as client:
             client[name]["sessions"].update_one(
-                {"_id": f"epoch:{alice['id']}"},
+                {"_id": f"epoch:{alice['id']}", "user_id": ObjectId(alice["id"])},
                 {"$max": {"min_epoch": 1}, "$set": {"pending_until": datetime.now(UTC)}},
                 upsert=True,
             )

@@ -13,10 +13,16 @@ check every authenticated request makes also yields ``current_user``.
 ``ends_at`` is the session's absolute end (contract rule 4): refreshing
 never moves ``expires_at`` past it.
 
-The **credential floor** (``_id: "epoch:<user id>"``, no ``user_id`` field,
-so no per-user session query matches it) holds ``min_epoch``: a session
-opened below it is void. Raising the floor is one single-document write
-that ends every session of the user at once, so a password change or an
+``user_id`` is the collection's shard key (docs/scaling.md): every command
+names it, so each goes to one shard. A token carries both the session and
+the user, so naming both costs the per-request check nothing.
+
+The **credential floor** (``_id: "epoch:<user id>"``, with the user's
+``user_id`` so it lives on the user's shard, and ``min_epoch``, which no
+session has: ``SESSIONS_ONLY`` leaves it out of queries for sessions) holds
+the lowest epoch whose sessions are valid: a session opened below it is
+void. Raising the floor is one single-document write that ends every
+session of the user at once, so a password change or an
 account deletion makes it their first step: whatever cuts the rest short
 (the request's deadline, a crash, a lost connection), no old session works
 from then on. The check reads the session and the floor in one query (two
@@ -44,6 +50,8 @@ SESSION_ID_BYTES = 16  # 128 bits
 #: The generation of a session whose spent refresh token came back: closed.
 BURNED = -1
 FLOOR_PREFIX = "epoch:"
+#: Sessions only: the user's credential floor shares their ``user_id``.
+SESSIONS_ONLY = {"min_epoch": {"$exists": False}}
 
 
 def _sessions() -> Any:
@@ -97,14 +105,15 @@ def _is_open(session: Session | None, floor: int) -> bool:
 
 
 async def find_open(session_id: str, user_id: ObjectId) -> Session | None:
-    """The session if it is open, read with ``user_id``'s floor in one query.
+    """``user_id``'s session if it is open (another user's is not found), read with
+    the user's floor in one query.
 
-    Looked up by ``_id`` alone and checked here: the same answer as
+    Checked for expiry, burning and the floor here: the same answer as
     conditions in the filter, which cost the embedded database twice as much
-    per request. The caller compares the session's ``user_id`` with its own.
+    per request.
     """
     wanted = [session_id, floor_id(user_id)]
-    documents = await _sessions().find({"_id": {"$in": wanted}}).to_list(2)
+    documents = await _sessions().find({"_id": {"$in": wanted}, "user_id": user_id}).to_list(2)
     session = floor = None
     for document in documents:
         if document["_id"] == session_id:
@@ -115,7 +124,7 @@ async def find_open(session_id: str, user_id: ObjectId) -> Session | None:
 
 
 async def floor_of(user_id: ObjectId) -> Floor:
-    document = await _sessions().find_one({"_id": floor_id(user_id)})
+    document = await _sessions().find_one({"_id": floor_id(user_id), "user_id": user_id})
     if document is None:
         return Floor(0, None)
     return Floor(int(document["min_epoch"]), document.get("pending_until"))
@@ -128,15 +137,18 @@ async def raise_floor(user_id: ObjectId, min_epoch: int, pending_until: datetime
     running: until then a login does not mistake it for one cut short.
     """
     await _sessions().update_one(
-        {"_id": floor_id(user_id)},
+        {"_id": floor_id(user_id), "user_id": user_id},
         {"$max": {"min_epoch": min_epoch}, "$set": {"pending_until": pending_until}},
         upsert=True,
     )
 
 
-async def move_to_epoch(session_id: str, epoch: int) -> None:
+async def move_to_epoch(session: Session, epoch: int) -> None:
     """Re-open a just-opened session at ``epoch`` (a login that repaired a cut-short change)."""
-    await _sessions().update_one({"_id": session_id}, {"$set": {"credential_epoch": epoch}})
+    await _sessions().update_one(
+        {"_id": session["_id"], "user_id": session["user_id"]},
+        {"$set": {"credential_epoch": epoch}},
+    )
 
 
 @dataclass(frozen=True)
@@ -176,28 +188,22 @@ async def rotate(session: Session, generation: int, lifetime: timedelta) -> Rota
     return Rotation(None, burned=burned.modified_count == 1)
 
 
-async def close(session_id: str, user_id: ObjectId | None = None) -> bool:
-    """Close a session (only ``user_id``'s when given); True if one was open."""
-    query: dict[str, Any] = {"_id": session_id}
-    if user_id is not None:
-        query["user_id"] = user_id
-    result = await _sessions().delete_one(query)
+async def close(session_id: str, user_id: ObjectId) -> bool:
+    """Close ``user_id``'s session; True if it was open."""
+    result = await _sessions().delete_one({"_id": session_id, "user_id": user_id, **SESSIONS_ONLY})
     return bool(result.deleted_count == 1)
 
 
-async def exists(session_id: str) -> bool:
-    return await _sessions().find_one({"_id": session_id}, {"_id": 1}) is not None
-
-
 async def close_all(user_id: ObjectId) -> None:
-    await _sessions().delete_many({"user_id": user_id})
+    """Delete every session of the user (the floor stays: it voids any left behind)."""
+    await _sessions().delete_many({"user_id": user_id, **SESSIONS_ONLY})
 
 
 async def close_beyond(user_id: ObjectId, keep: int) -> int:
     """Keep the user's ``keep`` most recently refreshed sessions; close the rest."""
     cursor = (
         _sessions()
-        .find({"user_id": user_id}, {"_id": 1})
+        .find({"user_id": user_id, **SESSIONS_ONLY}, {"_id": 1})
         .sort([("refreshed_at", DESCENDING), ("_id", DESCENDING)])
         .skip(keep)
     )
