@@ -75,6 +75,8 @@ def server_env(database_uri: str, tmp_path: Path) -> Iterator[dict[str, str]]:
         "MONGO_URI": database_uri,
         "MONGO_DB": f"test_{uuid.uuid4().hex[:16]}",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        # 16 concurrent clients act for one user: counting, not fairness.
+        "USER_CONCURRENT_REQUESTS": "1000",
     }
 
 
