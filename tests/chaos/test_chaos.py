@@ -248,7 +248,7 @@ def test_sigterm_under_load_finishes_in_flight_requests(database: EmbeddedDataba
     assert took < 8 + 2  # the graceful timeout, plus start-up slack
     assert "database client closed" in output
     answered = [status for status in results if status != -1]
-    assert answered and set(answered) == {200}, set(results)
+    assert answered and set(answered) == {200}, (set(results), output[-4000:])
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
 
